@@ -1,0 +1,52 @@
+# facepipe: `make demo` sets up and runs the pipeline end to end; `make test` runs every test tier.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+REGION ?= cn-north-4
+ORG ?= facepipe
+REGISTRY ?= swr.$(REGION).myhuaweicloud.com/$(ORG)
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast test-containers compile images push-images mlflow-ui bench clean
+
+# The environment: pinned versions from requirements.lock; torch is the local CPU wheel
+# (a bare `torch` requirement would pull a multi-GB CUDA build).
+$(BIN)/.stamp: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+setup: $(BIN)/.stamp
+
+demo: setup
+	$(BIN)/facepipe run --job jobs/demo.yaml
+
+test: setup
+	bash scripts/test.sh $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow and not containers" $(PYTEST_ARGS)
+
+test-containers: setup
+	bash scripts/test.sh -m containers $(PYTEST_ARGS)
+
+compile: setup
+	$(BIN)/python -m pipeline.compile --out pipeline.yaml
+
+images: setup
+	$(BIN)/python -m images.build --registry $(REGISTRY) --no-push
+
+push-images: setup
+	$(BIN)/python -m images.build --registry $(REGISTRY)
+
+mlflow-ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host 127.0.0.1 --port 5000
+
+bench: setup
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf runs demo-output .pytest_cache

@@ -1,0 +1,74 @@
+"""The `facepipe` command: one subcommand per step or tool, each in facepipe/commands/<name>.py.
+
+Subcommand modules are imported only when called, so `facepipe pack` never imports torch.
+Each module defines `HELP`, `add_arguments(parser)` and `run(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from facepipe.errors import FacepipeError
+
+# name -> module under facepipe.commands
+COMMANDS = {
+    "synth": "synth",
+    "pack": "pack",
+    "rec-info": "rec_info",
+    "unpack": "unpack",
+    "train-recognition": "train_recognition",
+    "train-detection": "train_detection",
+    "detect": "detect",
+    "build-gallery": "build_gallery",
+    "gallery": "gallery",
+    "recognize": "recognize",
+    "evaluate": "evaluate",
+    "run": "run",
+    "runs": "runs",
+    "rerun": "rerun",
+    "submit": "submit",
+    "submit-modelarts": "submit_modelarts",
+    "storage": "storage",
+}
+
+
+def _load(name: str):
+    return importlib.import_module(f"facepipe.commands.{COMMANDS[name]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="facepipe", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = argv[0] if argv and argv[0] in COMMANDS else None
+    for name in COMMANDS:
+        if wanted is not None and name != wanted:
+            sub.add_parser(name)
+            continue
+        try:
+            module = _load(name)
+        except ModuleNotFoundError as exc:
+            if wanted is not None or not exc.name or not exc.name.startswith("facepipe.commands"):
+                raise
+            continue  # not built yet: hidden from the listing
+        p = sub.add_parser(name, help=getattr(module, "HELP", None),
+                           description=getattr(module, "HELP", None))
+        module.add_arguments(p)
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return int(_load(args.command).run(args) or 0)
+    except FacepipeError as exc:
+        print(f"facepipe {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"facepipe {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

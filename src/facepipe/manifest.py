@@ -1,0 +1,57 @@
+"""`manifest.json`, written last in every output folder: a folder without it is incomplete."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from facepipe.errors import DataError
+
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(out_dir: str | Path, kind: str, extra: dict | None = None) -> Path:
+    """Checksum every file under out_dir (except the manifest) and write the manifest atomically."""
+    out_dir = Path(out_dir)
+    files = {}
+    for p in sorted(out_dir.rglob("*")):
+        if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp"):
+            rel = p.relative_to(out_dir).as_posix()
+            files[rel] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+    body = {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "files": files, **(extra or {})}
+    tmp = out_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(body, indent=2, sort_keys=True))
+    os.replace(tmp, out_dir / MANIFEST)
+    return out_dir / MANIFEST
+
+
+def read_manifest(out_dir: str | Path, verify: bool = False) -> dict:
+    """The manifest of a complete output folder; with verify, every checksum is checked."""
+    path = Path(out_dir) / MANIFEST
+    if not path.exists():
+        raise DataError(f"no {MANIFEST}: the folder is incomplete (its producer did not finish)", path=out_dir)
+    try:
+        body = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"not valid JSON: {exc}", path=path) from None
+    if verify:
+        for rel, info in body.get("files", {}).items():
+            f = Path(out_dir) / rel
+            if not f.exists():
+                raise DataError("listed in the manifest but missing", path=f)
+            digest = sha256_file(f)
+            if digest != info["sha256"]:
+                raise DataError(f"checksum mismatch: manifest says {info['sha256']}, file has {digest}", path=f)
+    return body
