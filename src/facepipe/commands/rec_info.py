@@ -1,0 +1,36 @@
+"""`facepipe rec-info PATH`: what a RecordIO dataset holds (counts, identities, image sizes, checks)."""
+
+from __future__ import annotations
+
+HELP = "describe a .rec dataset: images, identities, images per identity, image sizes"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("path", help="a .rec file (with its .idx) or a folder holding .rec files")
+    parser.add_argument("--sample", type=int, default=0,
+                        help="read image sizes from this many images only (default 0 = all)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def run(args) -> int:
+    import json
+
+    from facepipe.data.insightface import describe, find_rec
+
+    infos = [describe(rec, sample=args.sample) for rec in find_rec(args.path)]
+    if args.json:
+        print(json.dumps(infos if len(infos) > 1 else infos[0], indent=2))
+        return 0
+    for info in infos:
+        print(f"{info['rec']}")
+        print(f"  layout        {info['layout']}")
+        print(f"  images        {info['images']}")
+        print(f"  identities    {info['identities']}")
+        per = info["images_per_identity"]
+        print(f"  per identity  min {per['min']}  median {per['median']}  max {per['max']}")
+        print(f"  property      {info['property'] or '(none)'}")
+        sizes = ", ".join(f"{k} x{v}" for k, v in info["image_sizes"].items())
+        print(f"  image sizes   {sizes}  ({info['images_checked']} images read)")
+        print(f"  formats       {', '.join(f'{k} x{v}' for k, v in info['formats'].items())}")
+        print(f"  file size     {info['rec_bytes']} bytes")
+    return 0

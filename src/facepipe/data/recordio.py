@@ -1,0 +1,384 @@
+"""MXNet RecordIO without MXNet: framing, `IRHeader`, the `.idx` index, writers and readers.
+
+Byte-compatible with MXNet 1.9.1 (dmlc-core `RecordIOWriter`/`RecordIOReader`, `mx.recordio`):
+
+- A record is written as one or more parts. Each part is `magic` (uint32 0xced7230a, little
+  endian), `lrecord` (uint32: `cflag << 29 | length`), `length` bytes of data. Parts are needed
+  because a reader that lost its place resynchronises on the magic: wherever the payload holds
+  the magic at a 4-byte aligned position, the writer cuts the payload there and drops those 4
+  bytes; the reader puts them back between parts. cflag is 0 for a whole record, 1 for the first
+  part, 2 for a middle part and 3 for the last part. Only the end of the record is zero-padded to
+  a multiple of 4 (cut points are 4-aligned, so inner parts need no padding).
+- A record of an image dataset starts with an `IRHeader`: struct `IfQQ` (flag, label, id, id2;
+  24 bytes). With flag = 0 the label is the float in the header; with flag = n > 0 the label is
+  an array of n float32 stored right after the header, before the payload.
+- The `.idx` file is text, one `key<TAB>byte offset` line per record.
+
+Readers are safe in multi-process DataLoader workers: each process opens its own file handle
+(the handle is reopened when the PID changes and is never pickled).
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import struct
+from collections import namedtuple
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from facepipe.errors import DataError
+
+MAGIC = 0xCED7230A
+MAGIC_BYTES = struct.pack("<I", MAGIC)
+MAX_RECORD_BYTES = (1 << 29) - 1  # lrecord keeps 29 bits for the length
+_LREC = struct.Struct("<II")
+_IR = struct.Struct("<IfQQ")
+IR_SIZE = _IR.size  # 24 bytes, as MXNet's native 'IfQQ' on every platform MXNet ran on
+# A label array longer than this is corrupt data, not a real multi-label record.
+_MAX_LABEL_WIDTH = 1 << 20
+
+IRHeader = namedtuple("IRHeader", ["flag", "label", "id", "id2"])
+IRHeader.__doc__ = """MXNet's image record header: flag, label (float or float32 array), id, id2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Framing
+# ---------------------------------------------------------------------------------------------
+
+def frame(payload: bytes) -> bytes:
+    """The bytes dmlc's RecordIOWriter writes for one record (parts, magic escapes, padding)."""
+    payload = bytes(payload)
+    n = len(payload)
+    if n > MAX_RECORD_BYTES:
+        raise DataError(f"record of {n} bytes is too large: RecordIO allows at most {MAX_RECORD_BYTES}")
+    cuts = _magic_positions(payload)
+    out = bytearray()
+    start = 0
+    for i in cuts:
+        out += _LREC.pack(MAGIC, (1 if start == 0 else 2) << 29 | (i - start))
+        out += payload[start:i]
+        start = i + 4
+    out += _LREC.pack(MAGIC, (3 if cuts else 0) << 29 | (n - start))
+    out += payload[start:]
+    out += b"\0" * (-n % 4)
+    return bytes(out)
+
+
+def _magic_positions(payload: bytes) -> list[int]:
+    """4-byte aligned offsets where the payload holds the magic (dmlc scans only those)."""
+    hits = []
+    pos = payload.find(MAGIC_BYTES)
+    limit = len(payload) - len(payload) % 4
+    while pos != -1:
+        if pos % 4 == 0 and pos + 4 <= limit:
+            hits.append(pos)
+            pos = payload.find(MAGIC_BYTES, pos + 4)
+        else:
+            pos = payload.find(MAGIC_BYTES, pos + 1)
+    return hits
+
+
+def _unframe(read, offset: int, path) -> tuple[bytes, int]:
+    """Read one record starting at `offset` with `read(offset, n) -> bytes`.
+
+    Returns (payload, offset of the next record). Raises DataError naming the byte offset for a
+    wrong magic, a bad continuation flag or a record cut short.
+    """
+    parts: list[bytes] = []
+    pos = offset
+    while True:
+        head = read(pos, 8)
+        if len(head) < 8:
+            raise DataError(f"file ends inside a record header: expected 8 bytes, found {len(head)} "
+                            f"(the .rec is truncated)", path=path, offset=pos)
+        magic, lrec = _LREC.unpack(head)
+        if magic != MAGIC:
+            raise DataError(f"wrong magic 0x{magic:08x}: expected RecordIO magic 0x{MAGIC:08x} "
+                            f"(not a RecordIO file, or the index points into the middle of a record)",
+                            path=path, offset=pos)
+        cflag, length = lrec >> 29, lrec & MAX_RECORD_BYTES
+        expected = (0, 1) if not parts else (2, 3)
+        if cflag not in expected:
+            raise DataError(f"continuation flag {cflag} where {' or '.join(map(str, expected))} was "
+                            f"expected (corrupt record)", path=path, offset=pos)
+        padded = length + (-length % 4)
+        data = read(pos + 8, padded)
+        if len(data) < padded:
+            raise DataError(f"record cut short: expected {padded} bytes of data, found {len(data)} "
+                            f"(the .rec is truncated)", path=path, offset=pos)
+        parts.append(data[:length])
+        pos += 8 + padded
+        if cflag in (0, 3):
+            return (MAGIC_BYTES.join(parts) if len(parts) > 1 else parts[0]), pos
+
+
+# ---------------------------------------------------------------------------------------------
+# IRHeader
+# ---------------------------------------------------------------------------------------------
+
+def pack_record(label, payload: bytes = b"", id: int = 0, id2: int = 0) -> bytes:
+    """`mx.recordio.pack`: a number label goes in the header (flag 0), an array after it."""
+    if isinstance(label, numbers.Number):
+        return _IR.pack(0, float(label), int(id), int(id2)) + bytes(payload)
+    labels = np.asarray(label, dtype="<f4").ravel()
+    if labels.size == 0:
+        # MXNet would write flag 0 and then misread the array bytes; refuse instead.
+        raise DataError("empty label array: give a number or at least one label")
+    return _IR.pack(labels.size, 0.0, int(id), int(id2)) + labels.tobytes() + bytes(payload)
+
+
+def unpack_record(record: bytes, path=None, offset: int | None = None) -> tuple[IRHeader, bytes]:
+    """`mx.recordio.unpack`: (IRHeader, payload); an array label becomes a float32 array."""
+    if len(record) < IR_SIZE:
+        raise DataError(f"record of {len(record)} bytes is shorter than the {IR_SIZE}-byte IRHeader",
+                        path=path, offset=offset)
+    flag, label, rid, rid2 = _IR.unpack_from(record)
+    if flag == 0:
+        return IRHeader(0, label, rid, rid2), record[IR_SIZE:]
+    end = IR_SIZE + 4 * flag
+    if flag > _MAX_LABEL_WIDTH or end > len(record):
+        raise DataError(f"IRHeader says {flag} float labels follow, but the record has only "
+                        f"{len(record) - IR_SIZE} bytes after the header", path=path, offset=offset)
+    labels = np.frombuffer(record, dtype="<f4", count=flag, offset=IR_SIZE).astype(np.float32)
+    return IRHeader(flag, labels, rid, rid2), record[end:]
+
+
+def encode_image(image: np.ndarray, quality: int = 95) -> bytes:
+    """JPEG bytes as `mx.recordio.pack_img` makes them (OpenCV, BGR input)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise DataError(f"OpenCV could not JPEG-encode an image of shape {image.shape}")
+    return buf.tobytes()
+
+
+def decode_image(payload: bytes, path=None, offset: int | None = None, flags: int | None = None) -> np.ndarray:
+    """BGR uint8 image from encoded bytes (as `unpack_img`), DataError when it does not decode."""
+    import cv2
+
+    image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR if flags is None else flags)
+    if image is None:
+        raise DataError(f"payload of {len(payload)} bytes is not a decodable image (expected JPEG/PNG)",
+                        path=path, offset=offset)
+    return image
+
+
+# ---------------------------------------------------------------------------------------------
+# .idx
+# ---------------------------------------------------------------------------------------------
+
+def idx_path_for(rec_path: str | Path) -> Path:
+    return Path(rec_path).with_suffix(".idx")
+
+
+def read_idx(idx_path: str | Path, rec_size: int | None = None) -> dict[int, int]:
+    """Parse a `.idx` file: key -> byte offset, checked against the .rec size when given."""
+    idx_path = Path(idx_path)
+    try:
+        text = idx_path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise DataError("index file not found (expected key<TAB>offset lines next to the .rec)",
+                        path=idx_path) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not a text index: byte {exc.start} is not UTF-8", path=idx_path) from None
+    index: dict[int, int] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        cols = line.strip().split("\t")
+        if len(cols) != 2:
+            raise DataError(f"expected 'key<TAB>offset', got {line!r}", path=idx_path, line=n)
+        try:
+            key, offset = int(cols[0]), int(cols[1])
+        except ValueError:
+            raise DataError(f"expected integer key and offset, got {line!r}", path=idx_path, line=n) from None
+        if offset < 0 or offset % 4:
+            raise DataError(f"offset {offset} is not a record start (records start at multiples of 4)",
+                            path=idx_path, line=n)
+        if rec_size is not None and offset + 8 > rec_size:
+            raise DataError(f"offset {offset} points past the end of the .rec ({rec_size} bytes)",
+                            path=idx_path, line=n)
+        if key in index:
+            raise DataError(f"key {key} appears twice", path=idx_path, line=n)
+        index[key] = offset
+    return index
+
+
+# ---------------------------------------------------------------------------------------------
+# Writer and readers
+# ---------------------------------------------------------------------------------------------
+
+class RecordWriter:
+    """Write records (and, with `idx_path`, the `.idx` index) as `MXIndexedRecordIO(..., 'w')`.
+
+        with RecordWriter("train.rec", "train.idx") as w:
+            w.write(pack_record(label, jpeg_bytes, id=1), key=1)
+    """
+
+    def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None):
+        self.rec_path = Path(rec_path)
+        self.idx_path = Path(idx_path) if idx_path is not None else None
+        self._rec = open(self.rec_path, "wb")
+        self._idx = open(self.idx_path, "w", encoding="utf-8", newline="\n") if self.idx_path else None
+        self._pos = 0
+        self._keys: set[int] = set()
+
+    def tell(self) -> int:
+        return self._pos
+
+    def write(self, record: bytes, key: int | None = None) -> int:
+        """Append one record; returns its byte offset. A key is required when writing an index."""
+        if self._idx is not None:
+            if key is None:
+                raise ValueError("RecordWriter with an index: write(record, key=...) needs a key")
+            if key in self._keys:
+                raise DataError(f"key {key} written twice", path=self.idx_path)
+            self._keys.add(int(key))
+        framed = frame(record)
+        offset = self._pos
+        self._rec.write(framed)
+        self._pos += len(framed)
+        if self._idx is not None:
+            self._idx.write(f"{int(key)}\t{offset}\n")
+        return offset
+
+    def close(self) -> None:
+        if self._rec is not None:
+            self._rec.close()
+            self._rec = None
+        if self._idx is not None:
+            self._idx.close()
+            self._idx = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _Handle:
+    """A read-only file descriptor that is reopened in each process and never pickled."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+        self._pid: int | None = None
+
+    def fd(self) -> int:
+        if self._fd is None or self._pid != os.getpid():
+            # A forked worker inherits the parent's descriptor; use its own instead.
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise DataError("record file not found", path=self.path) from None
+            self._pid = os.getpid()
+        return self._fd
+
+    def read(self, offset: int, n: int) -> bytes:
+        return os.pread(self.fd(), n, offset)
+
+    def size(self) -> int:
+        return os.fstat(self.fd()).st_size
+
+    def close(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = self._pid = None
+
+    def __getstate__(self):
+        return {"path": self.path, "_fd": None, "_pid": None}
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class IndexedRecordReader:
+    """Random access by key, as `MXIndexedRecordIO(idx, rec, 'r')`.
+
+    `reader[key]` / `reader.read(key)` return the record bytes (IRHeader + payload); `keys` is the
+    index order. Picklable and fork-safe: a DataLoader worker reopens the file on first use.
+    """
+
+    def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None):
+        self.rec_path = Path(rec_path)
+        self.idx_path = Path(idx_path) if idx_path is not None else idx_path_for(rec_path)
+        self._handle = _Handle(self.rec_path)
+        self.size = self._handle.size()
+        self.index = read_idx(self.idx_path, self.size)
+        self.keys = list(self.index)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, key) -> bool:
+        return key in self.index
+
+    def offset(self, key: int) -> int:
+        try:
+            return self.index[key]
+        except KeyError:
+            raise DataError(f"key {key} is not in the index", path=self.idx_path) from None
+
+    def read(self, key: int) -> bytes:
+        payload, _ = _unframe(self._handle.read, self.offset(key), self.rec_path)
+        return payload
+
+    __getitem__ = read
+
+    def read_at(self, offset: int) -> bytes:
+        payload, _ = _unframe(self._handle.read, offset, self.rec_path)
+        return payload
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def iter_records(rec_path: str | Path, start: int = 0) -> Iterator[tuple[int, bytes]]:
+    """Read a .rec front to back without an index: yields (byte offset, record bytes)."""
+    rec_path = Path(rec_path)
+    try:
+        f = open(rec_path, "rb", buffering=0)
+    except FileNotFoundError:
+        raise DataError("record file not found", path=rec_path) from None
+    with f:
+        reader = _SequentialBuffer(f, start)
+        pos = start
+        while reader.read(pos, 1):
+            start_of_record = pos
+            payload, pos = _unframe(reader.read, pos, rec_path)
+            yield start_of_record, payload
+
+
+class _SequentialBuffer:
+    """`read(offset, n)` over a file read forward in large blocks (offsets only ever grow)."""
+
+    def __init__(self, f, start: int, block: int = 1 << 22):
+        self.f, self.block = f, block
+        f.seek(start)
+        self.buf = b""
+        self.base = start
+
+    def read(self, offset: int, n: int) -> bytes:
+        lo = offset - self.base
+        while lo + n > len(self.buf):
+            more = self.f.read(max(self.block, n))
+            if not more:
+                break
+            self.buf = self.buf[lo:] + more
+            self.base += lo
+            lo = 0
+        return self.buf[lo:lo + n]
