@@ -1,0 +1,255 @@
+"""`build_gallery`: enrol identity folders into a searchable gallery (the seed's run_generate_data_base.sh).
+
+Per image: detect, pick the main face, align onto the ArcFace template, embed (image + flip,
+L2-normalised); per identity a mean template or all embeddings; then a FAISS index, an open-set
+threshold calibrated for a target FAR, a report of problem images and folders, and manifest.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from facepipe.config import bounded, choice, to_dict
+from facepipe.errors import ConfigError, DataError
+from facepipe.progress import Progress
+from facepipe.tracking import NullLogger, RunLogger
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+@dataclass
+class GalleryConfig:
+    """How identities are enrolled and searched."""
+
+    template: str = choice("mean", ["mean", "all"], help="one mean embedding per identity, or every image")
+    dtype: str = choice("float32", ["float32", "float16"], help="stored embedding precision")
+    index: str = choice("flat", ["flat", "ivf", "hnsw"], help="exact inner product, or approximate for large galleries")
+    ivf_nlist: int = bounded(0, low=0, help="IVF lists (0: about 4 sqrt(rows))")
+    ivf_nprobe: int = bounded(16, low=1, help="IVF lists visited per query")
+    hnsw_m: int = bounded(32, low=4, high=128, help="HNSW neighbours per node")
+    hnsw_ef_search: int = bounded(64, low=1, help="HNSW candidate list size per query")
+    target_far: float = bounded(0.01, low=0.0, high=1.0, low_inclusive=False,
+                                help="open-set false alarm rate the unknown threshold is calibrated for")
+    calibration_dir: str = ""  # identity folders of people NOT enrolled; empty: leave-identity-out
+    no_face: str = choice("skip", ["skip", "center_crop"],
+                          help="images where the detector finds no face: leave out, or embed a center crop")
+    max_images_per_identity: int = bounded(0, low=0, help="enrol only the first K images (sorted) per identity; 0: all")
+    batch_size: int = bounded(64, low=1, help="faces per recognizer forward pass")
+    score_threshold: float = bounded(0.5, low=0.0, high=1.0, help="detector confidence for a face")
+    crop_fraction: float = bounded(1.0, low=0.05, high=1.0, help="center-crop fallback: share of the shorter side")
+    device: str = "cpu"
+
+
+def normalized_name(name: str) -> str:
+    """Names that differ only in case, spacing or Unicode form are the same person to a user."""
+    text = unicodedata.normalize("NFKC", name).casefold()
+    return "_".join(text.replace("-", " ").replace("_", " ").split())
+
+
+def scan_identity_tree(data_dir: str | Path, max_images: int = 0) -> tuple[list[tuple[str, list[Path]]], dict]:
+    """`[(identity, [image paths])]` sorted by name, and what was odd about the tree.
+
+    The report lists empty identity folders, stray files at the top level, and identity names
+    that collide once case/spacing are normalised (all of them are still enrolled, by folder name).
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError("identity folder tree not found (expected DATA/<identity>/<image>.jpg)", path=root)
+    identities, empty, stray, skipped = [], [], [], []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file():
+            stray.append(entry.name)
+            continue
+        images = sorted(p for p in entry.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+        if not images:
+            empty.append(entry.name)
+            continue
+        if max_images and len(images) > max_images:
+            skipped += [str(p.relative_to(root)) for p in images[max_images:]]
+            images = images[:max_images]
+        identities.append((entry.name, images))
+    groups: dict[str, list[str]] = {}
+    for name, _ in identities:
+        groups.setdefault(normalized_name(name), []).append(name)
+    duplicates = [names for names in groups.values() if len(names) > 1]
+    if not identities:
+        raise DataError(f"no identity folders with images ({', '.join(IMAGE_EXTS)}) "
+                        f"(empty folders: {empty[:5]}, top-level files: {stray[:5]})", path=root)
+    report = {"empty_identity_folders": empty, "duplicate_identity_names": duplicates,
+              "top_level_files_ignored": stray, "images_beyond_max_per_identity": len(skipped)}
+    return identities, report
+
+
+def input_size_of(recognizer) -> int:
+    size = recognizer.input_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def embed_identity_tree(identities: list[tuple[str, list[Path]]], root: Path, aligner, recognizer,
+                        batch_size: int = 64, no_face: str = "skip", desc: str = "embedding"):
+    """Align and embed every image: `(embeddings (M,D), labels (M,), records)`.
+
+    `records` has one dict per image (enrolled or not): identity, file, status
+    (ok | several_faces | no_face | no_detector | unreadable), faces, used_landmarks, box, score,
+    and `row` (its embedding row, or None when left out).
+    """
+    size = input_size_of(recognizer)
+    total = sum(len(images) for _, images in identities)
+    dim = int(recognizer.embedding_size)
+    chunks, labels, records = [], [], []
+    batch, batch_records = [], []
+
+    def flush():
+        if batch:
+            chunks.append(np.asarray(recognizer.embed(np.stack(batch)), np.float32).reshape(len(batch), dim))
+            batch.clear()
+            batch_records.clear()
+
+    from facepipe.gallery.align import read_image
+
+    with Progress(total, desc, unit="img") as progress:
+        for label, (name, images) in enumerate(identities):
+            for path in images:
+                record = {"identity": name, "file": str(path.relative_to(root)), "row": None}
+                try:
+                    image = read_image(path)
+                except DataError as exc:
+                    record.update(status="unreadable", error=str(exc))
+                    records.append(record)
+                    progress.update(1)
+                    continue
+                aligned, info = aligner.align(image, size=size)
+                record.update(info)
+                if info["status"] != "no_face" or no_face == "center_crop":
+                    record["row"] = len(labels)
+                    labels.append(label)
+                    batch.append(aligned)
+                    batch_records.append(record)
+                    if len(batch) >= batch_size:
+                        flush()
+                records.append(record)
+                progress.update(1)
+        flush()
+    embeddings = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
+    return embeddings, np.asarray(labels, np.int32), records
+
+
+def problem_report(records: list[dict], tree_report: dict) -> dict:
+    """Per-image problems (not fatal) plus the folder-level findings."""
+    by = lambda status: [r["file"] for r in records if r.get("status") == status]  # noqa: E731
+    return {
+        "images": len(records),
+        "enrolled_images": sum(r["row"] is not None for r in records),
+        "no_face": by("no_face"), "several_faces": by("several_faces"), "unreadable": by("unreadable"),
+        "center_cropped": [r["file"] for r in records if r["row"] is not None and not r.get("used_landmarks")],
+        **tree_report,
+    }
+
+
+def load_models(recognizer_path, detector_path, cfg):
+    """The recognizer and the face aligner a gallery is built with."""
+    from facepipe.gallery.align import FaceAligner
+    from facepipe.recognition.embed import Recognizer
+
+    if recognizer_path is None:
+        raise ConfigError("a recognizer model (model.pt) is required")
+    recognizer = Recognizer.load(str(recognizer_path), device=cfg.device)
+    aligner = FaceAligner(detector_path, score_threshold=cfg.score_threshold,
+                          crop_fraction=cfg.crop_fraction, device=cfg.device)
+    return recognizer, aligner
+
+
+def enrol(cfg: GalleryConfig, data_dir, recognizer, aligner, desc: str = "enrolling"):
+    """Embed an identity tree: names, embeddings, labels, provenance records, problem report."""
+    root = Path(data_dir)
+    tree, tree_report = scan_identity_tree(root, cfg.max_images_per_identity)
+    emb, labels, records = embed_identity_tree(tree, root, aligner, recognizer, cfg.batch_size,
+                                               cfg.no_face, desc=desc)
+    names = [name for name, _ in tree]
+    report = problem_report(records, tree_report)
+    # Identities whose every image was left out (no face, unreadable) are not enrolled.
+    used = set(labels.tolist())
+    report["identities_without_usable_images"] = [n for i, n in enumerate(names) if i not in used]
+    if len(used) < len(names):
+        keep = [i for i in range(len(names)) if i in used]
+        remap = np.full(len(names), -1, np.int64)
+        remap[keep] = np.arange(len(keep))
+        labels = remap[labels].astype(np.int32)
+        names = [names[i] for i in keep]
+    return names, emb, labels, records, report
+
+
+def build_gallery(cfg: GalleryConfig, data_dir, detector_path, recognizer_path, out_dir,
+                  logger: RunLogger = NullLogger()) -> dict:
+    """Enrol `data_dir` (identity folders) into a gallery at `out_dir`; returns the build report."""
+    from facepipe.gallery.store import FORMAT_VERSION, Gallery, replace_folder
+
+    t0 = time.time()
+    out = Path(out_dir)
+    recognizer, aligner = load_models(recognizer_path, detector_path, cfg)
+    names, emb, labels, records, report = enrol(cfg, data_dir, recognizer, aligner)
+    if not names:
+        raise DataError(f"no identity has a usable face image (no face in {len(report['no_face'])} images, "
+                        f"{len(report['unreadable'])} unreadable); see the detector or use no_face=center_crop",
+                        path=data_dir)
+    calibration_emb = None
+    if cfg.calibration_dir:
+        _, calibration_emb, _, _, _ = enrol(cfg, cfg.calibration_dir, recognizer, aligner,
+                                            desc="calibration split")
+    meta = {
+        "format": FORMAT_VERSION, "recognizer_digest": recognizer.digest,
+        "detector_digest": aligner.digest, "embedding_size": int(recognizer.embedding_size),
+        "input_size": input_size_of(recognizer), "template": cfg.template, "dtype": cfg.dtype,
+        "index": cfg.index, "ivf_nlist": cfg.ivf_nlist, "ivf_nprobe": cfg.ivf_nprobe,
+        "hnsw_m": cfg.hnsw_m, "hnsw_ef_search": cfg.hnsw_ef_search, "target_far": cfg.target_far,
+        "alignment": "landmarks" if detector_path is not None else "center_crop",
+        "config": to_dict(cfg), "source": str(data_dir),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    gallery = Gallery(meta=meta, identities=names, image_embeddings=emb.astype(cfg.dtype),
+                      image_identity=labels, images=records,
+                      calibration_embeddings=None if calibration_emb is None else calibration_emb.astype(cfg.dtype))
+    gallery.reindex()
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    report.update({"identities": len(names), "rows": gallery.index.size,
+                   "threshold": gallery.threshold, "calibration": gallery.calibration,
+                   "seconds": round(time.time() - t0, 2)})
+    gallery.save(tmp, extra_report=report)
+    replace_folder(tmp, out)
+    logger.log_params({f"gallery.{k}": v for k, v in to_dict(cfg).items()})
+    metrics = {"gallery.identities": len(names), "gallery.images": report["images"],
+               "gallery.enrolled_images": report["enrolled_images"],
+               "gallery.no_face": len(report["no_face"]), "gallery.several_faces": len(report["several_faces"])}
+    if gallery.threshold is not None:
+        metrics["gallery.threshold"] = gallery.threshold
+    logger.log_metrics(metrics)
+    logger.log_artifact(out / "build_report.json")
+    return report
+
+
+def summary_lines(report: dict) -> list[str]:
+    """What a user reads after a build: counts and the problems worth acting on."""
+    lines = [f"enrolled {report['identities']} identities from {report['enrolled_images']}/"
+             f"{report['images']} images; threshold {report.get('threshold')} "
+             f"({report['calibration'].get('split')}, FAR {report['calibration'].get('target_far')})"]
+    for key in ("no_face", "several_faces", "unreadable", "empty_identity_folders",
+                "identities_without_usable_images", "duplicate_identity_names"):
+        items = report.get(key) or []
+        if items:
+            shown = json.dumps(items[:5], ensure_ascii=False)
+            lines.append(f"{key}: {len(items)} {shown}{' ...' if len(items) > 5 else ''}")
+    if report["calibration"].get("note"):
+        lines.append(f"calibration: {report['calibration']['note']}")
+    return lines
