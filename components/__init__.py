@@ -1,0 +1,1 @@
+"""KFP components, one folder per step: component.py (thin wrapper), README.md, test_component.py."""

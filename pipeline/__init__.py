@@ -1,0 +1,1 @@
+"""The facepipe Kubeflow pipeline (pipeline.py) and its compiler entry point (compile.py)."""

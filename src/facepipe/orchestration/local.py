@@ -1,0 +1,377 @@
+"""Local runs of the compiled pipeline.yaml through kfp.local: `facepipe run`, `facepipe runs`, `facepipe rerun`.
+
+Layout under the runs folder (default `runs/`, or FACEPIPE_RUNS_DIR):
+
+    runs/<RUN_ID>/run.json       what ran: arguments, status, steps executed or reused, outputs
+    runs/<RUN_ID>/pipeline.yaml  the exact spec that ran (caching/retry adjusted for this run)
+    runs/<RUN_ID>/kfp/...        the KFP pipeline root: artifacts of the steps executed here
+    runs/.kfp_cache/             kfp.local's task cache, shared by all runs
+    runs/scratch/                unfinished step outputs (checkpoints) kept for resuming
+    runs/mlflow.db               the default MLflow tracking store
+
+A step whose component, image, command and arguments match an earlier successful one is not
+executed: kfp.local's cache hands back the earlier run's artifacts. That is how a rerun reuses
+upstream artifacts without recomputing them; `rerun` disables the cache only for the step it
+reruns, and its downstream steps execute because their inputs changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from facepipe.errors import ConfigError, FacepipeError
+from facepipe.orchestration.params import RUN_PARAMETERS, RUN_SECTION, Arguments
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_PIPELINE = PROJECT_ROOT / "pipeline.yaml"
+DEFAULT_JOB = PROJECT_ROOT / "jobs" / "demo.yaml"
+RUNS_ENV = "FACEPIPE_RUNS_DIR"
+EXPERIMENT = "facepipe"
+RUN_RECORD = "run.json"
+
+
+def runs_dir(path: str | Path | None = None) -> Path:
+    return Path(path or os.environ.get(RUNS_ENV) or "runs").resolve()
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+
+
+def file_digest(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+class PipelineSpec:
+    """The compiled pipeline.yaml: its tasks, their order and dependencies, its parameters."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            # The pipeline spec, then (with kfp.kubernetes settings) the platform spec.
+            self.documents = list(yaml.safe_load_all(self.path.read_text()))
+        except FileNotFoundError:
+            raise ConfigError(f"{self.path}: pipeline spec not found; run `make compile`") from None
+        self.spec = self.documents[0]
+        self.tasks: dict[str, dict] = self.spec["root"]["dag"]["tasks"]
+        self.parameters = dict(self.spec["root"].get("inputDefinitions", {}).get("parameters", {}))
+
+    @property
+    def name(self) -> str:
+        return self.spec["pipelineInfo"]["name"]
+
+    def upstream(self, task: str) -> list[str]:
+        return list(self.tasks[task].get("dependentTasks", []))
+
+    def downstream(self, task: str) -> list[str]:
+        """Tasks that consume `task`'s outputs, directly or not, in pipeline order."""
+        found: set[str] = set()
+        frontier = [task]
+        while frontier:
+            current = frontier.pop()
+            for name in self.tasks:
+                if current in self.upstream(name) and name not in found:
+                    found.add(name)
+                    frontier.append(name)
+        return [t for t in self.order() if t in found]
+
+    def order(self) -> list[str]:
+        done: list[str] = []
+        pending = list(self.tasks)
+        while pending:
+            for t in pending:
+                if all(u in done for u in self.upstream(t)):
+                    done.append(t)
+                    pending.remove(t)
+                    break
+            else:
+                raise ConfigError(f"{self.path}: the task graph has a cycle")
+        return done
+
+    def task_steps(self, task: str) -> list[str]:
+        """Config sections a task reads (pack also reads synth's)."""
+        params = self.tasks[task].get("inputs", {}).get("parameters", {})
+        sections = set()
+        for value in params.values():
+            name = value.get("componentInputParameter", "")
+            if "__" in name:
+                sections.add(name.split("__", 1)[0])
+        return sorted(sections)
+
+    def check_parameters(self, names: Iterable[str]) -> None:
+        missing = sorted(set(names) - set(self.parameters))
+        extra = sorted(set(self.parameters) - set(names))
+        if missing or extra:
+            raise ConfigError(
+                f"{self.path} does not match the step configs (missing {missing[:8]}, unexpected {extra[:8]}): "
+                "it is stale; run `make compile`")
+
+    def variant(self, no_cache: Iterable[str] = (), retries: bool = False) -> str:
+        """The spec's YAML with caching off for some tasks and (locally) no retries."""
+        spec = json.loads(json.dumps(self.spec))
+        for name, task in spec["root"]["dag"]["tasks"].items():
+            if name in set(no_cache):
+                task["cachingOptions"] = {}
+            if not retries:
+                task.pop("retryPolicy", None)
+        return yaml.safe_dump_all([spec] + self.documents[1:], sort_keys=False)
+
+
+@dataclass
+class RunRecord:
+    id: str
+    status: str = "running"
+    start: str = ""
+    end: str = ""
+    seconds: float = 0.0
+    job: str | None = None
+    sets: list[str] = field(default_factory=list)
+    arguments: dict[str, Any] = field(default_factory=dict)
+    from_run: str | None = None
+    rerun_step: str | None = None
+    steps: dict[str, str] = field(default_factory=dict)      # task -> executed | reused | failed | not run
+    outputs: dict[str, str] = field(default_factory=dict)    # pipeline output -> local path
+    mlflow: dict[str, str] = field(default_factory=dict)
+    pipeline_digest: str = ""
+    error: str = ""
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / (RUN_RECORD + ".tmp")
+        tmp.write_text(json.dumps(self.__dict__, indent=2, sort_keys=True))
+        os.replace(tmp, folder / RUN_RECORD)
+
+    @classmethod
+    def load(cls, folder: Path) -> "RunRecord":
+        path = folder / RUN_RECORD
+        try:
+            body = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such run") from None
+        return cls(**{k: v for k, v in body.items() if k in cls.__dataclass_fields__})
+
+
+def list_runs(root: str | Path | None = None) -> list[RunRecord]:
+    base = runs_dir(root)
+    out = []
+    for path in sorted(base.glob(f"*/{RUN_RECORD}")):
+        try:
+            out.append(RunRecord.load(path.parent))
+        except (ValueError, TypeError, ConfigError):
+            continue
+    return out
+
+
+def find_run(run_id: str, root: str | Path | None = None) -> RunRecord:
+    base = runs_dir(root)
+    if (base / run_id / RUN_RECORD).exists():
+        return RunRecord.load(base / run_id)
+    matches = [r for r in list_runs(base) if r.id.startswith(run_id)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise ConfigError(f"run {run_id!r} matches several runs: {[r.id for r in matches][-10:]}; give more of the id")
+    known = [r.id for r in list_runs(base)][-10:]
+    raise ConfigError(f"run {run_id!r} not found in {base}; recent runs: {known}")
+
+
+def _task_states(spec: PipelineSpec, kfp_root: Path) -> dict[str, str]:
+    """executed / reused / failed / not run, from what the tasks left in this run's pipeline root."""
+    run_folders = sorted(kfp_root.glob(f"{spec.name}-*"))
+    here = run_folders[-1] if run_folders else None
+    states = {}
+    for task in spec.order():
+        folder = here / task if here else None
+        if folder is not None and (folder / "executor_output.json").exists():
+            states[task] = "executed"
+        elif folder is not None and folder.exists():
+            states[task] = "failed"
+        else:
+            states[task] = "reused"
+    # A task after a failure did not run, though it left no folder either.
+    failed = [t for t, s in states.items() if s == "failed"]
+    for t in failed:
+        for d in spec.downstream(t):
+            states[d] = "not run"
+    return states
+
+
+def _data_digest(data_dir: str | None) -> str:
+    if not data_dir:
+        return ""
+    manifest = Path(data_dir) / "manifest.json"
+    if not manifest.exists():
+        return ""
+    files = json.loads(manifest.read_text()).get("files", {})
+    return "sha256:" + hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def _tracking_setup() -> str:
+    from facepipe import tracking
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri()
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # the step subprocesses inherit it
+    return uri
+
+
+def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, *,
+              pipeline: str | Path | None = None, root: str | Path | None = None,
+              base_arguments: dict[str, Any] | None = None, rerun_step: str | None = None,
+              from_run: str | None = None, experiment: str = EXPERIMENT, track: bool = True,
+              retries: bool = False, quiet: bool = False) -> RunRecord:
+    """Run the compiled pipeline locally; returns its record (also in runs/<id>/run.json)."""
+    import kfp.local
+    from kfp import components
+
+    from facepipe.orchestration.component_runtime import PARENT_ENV, SCRATCH_ENV
+    from facepipe.orchestration.images import image_digests
+
+    spec = PipelineSpec(pipeline or DEFAULT_PIPELINE)
+    arguments_model = Arguments(_pipeline_steps(spec))
+    spec.check_parameters(arguments_model.parameters)
+    values = arguments_model.resolve(job, sets, base=base_arguments)
+
+    base = runs_dir(root)
+    record = RunRecord(id=new_run_id(), job=str(job) if job else None, sets=list(sets or []),
+                       arguments=values, from_run=from_run, rerun_step=rerun_step,
+                       start=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       pipeline_digest=file_digest(spec.path))
+    folder = base / record.id
+    forced = [rerun_step] if rerun_step else []
+    run_spec = folder / "pipeline.yaml"
+    folder.mkdir(parents=True, exist_ok=True)
+    run_spec.write_text(spec.variant(no_cache=forced, retries=retries))
+    record.save(folder)
+
+    os.environ[SCRATCH_ENV] = str(base / "scratch")
+    parent_id = None
+    if track:
+        from facepipe import tracking
+
+        uri = _tracking_setup()
+        tags = {"facepipe.local_run_id": record.id, "facepipe.git_commit": git_commit(),
+                "facepipe.pipeline_digest": record.pipeline_digest,
+                **{f"facepipe.image.{k}": v for k, v in image_digests().items()}}
+        if from_run:
+            tags.update({"facepipe.rerun_of": from_run, "facepipe.rerun_step": rerun_step or ""})
+        parent_id = tracking.start_pipeline_run(experiment, tags)
+        os.environ[PARENT_ENV] = parent_id
+        tracking.MlflowLogger(parent_id).log_params(values)
+        record.mlflow = {"tracking_uri": uri, "experiment": experiment, "parent_run_id": parent_id}
+        record.save(folder)
+
+    started = time.time()
+    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(folder / "kfp"),
+                   enable_caching=True, cache_root=str(base / ".kfp_cache"))
+    try:
+        task = components.load_component_from_file(str(run_spec))(**values)
+        record.outputs = {name: artifact.uri for name, artifact in task.outputs.items()
+                          if hasattr(artifact, "uri")}
+        record.status = "succeeded"
+    except Exception as exc:  # kfp.local raises RuntimeError naming the failed task
+        record.status = "failed"
+        record.error = str(exc)[:2000]
+    except KeyboardInterrupt:
+        record.status = "interrupted"
+    finally:
+        record.seconds = round(time.time() - started, 2)
+        record.end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        record.steps = _task_states(spec, folder / "kfp")
+        record.save(folder)
+        if parent_id:
+            _finish_parent(parent_id, record)
+        os.environ.pop(PARENT_ENV, None)
+    if record.status == "interrupted":
+        raise KeyboardInterrupt
+    if record.status != "succeeded":
+        raise FacepipeError(f"run {record.id} failed: {record.error.splitlines()[0] if record.error else ''}"
+                            f" (steps: {record.steps}; see {folder})")
+    return record
+
+
+def _finish_parent(parent_id: str, record: RunRecord) -> None:
+    import mlflow
+
+    from facepipe.tracking import MlflowLogger
+
+    logger = MlflowLogger(parent_id)
+    logger.set_tags({**{f"facepipe.step.{k}": v for k, v in record.steps.items()},
+                     "facepipe.input_data_digest": _data_digest(record.outputs.get("data")),
+                     "facepipe.status": record.status})
+    metrics_path = record.outputs.get("metrics")
+    if metrics_path and Path(metrics_path).is_file():
+        logger.log_metrics(json.loads(Path(metrics_path).read_text()))
+    logger.log_metrics({"pipeline_seconds": record.seconds})
+    status = {"succeeded": "FINISHED", "interrupted": "KILLED"}.get(record.status, "FAILED")
+    mlflow.tracking.MlflowClient().set_terminated(parent_id, status)
+
+
+def _pipeline_steps(spec: PipelineSpec) -> list[str]:
+    """The step config sections the spec's parameters cover, in pipeline order."""
+    from facepipe.steps import STEPS
+
+    present = {name.split("__", 1)[0] for name in spec.parameters if "__" in name}
+    return [s for s in STEPS if s in present] + sorted(present - set(STEPS))
+
+
+def rerun_plan(spec: PipelineSpec, step: str) -> tuple[str, list[str], list[str]]:
+    """(task to rerun, its downstream tasks, the config sections they read) for `facepipe rerun STEP`."""
+    task_for_section = {}
+    for task in spec.order():
+        for section in spec.task_steps(task):
+            task_for_section.setdefault(section, task)
+    if step not in task_for_section:
+        raise ConfigError(f"unknown step {step!r}; steps you can rerun: {list(task_for_section)}")
+    task = task_for_section[step]
+    downstream = spec.downstream(task)
+    sections = [s for t in [task] + downstream for s in spec.task_steps(t)]
+    return task, downstream, sections
+
+
+def rerun(step: str, from_run: str, sets: Iterable[str] | None = None, *, root=None, pipeline=None,
+          track: bool = True, experiment: str = EXPERIMENT) -> RunRecord:
+    """Rerun `step` and what depends on it with changed parameters, reusing the run's upstream artifacts."""
+    earlier = find_run(from_run, root)
+    spec = PipelineSpec(pipeline or DEFAULT_PIPELINE)
+    task, downstream, sections = rerun_plan(spec, step)
+    model = Arguments(_pipeline_steps(spec))
+    sets = list(sets or [])
+    qualified = []
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        if "." not in key and "__" not in key and key not in RUN_PARAMETERS:
+            key = f"{step}.{key}"
+        name = model.name_for(key, f"--set {item}")
+        section = model.parameters[name].step
+        if section != RUN_SECTION and section not in sections:
+            raise ConfigError(f"--set {item}: {section} runs upstream of {step} and would not be rerun; "
+                              f"rerun {section} instead, or set keys of {sections}")
+        if section == RUN_SECTION and name == "data_uri":
+            raise ConfigError(f"--set {item}: changing the data reruns everything; use `facepipe run`")
+        qualified.append(f"{key}={value}")
+    known = {k: v for k, v in earlier.arguments.items() if k in model.parameters}
+    return run_local(None, qualified, pipeline=spec.path, root=root, base_arguments=known, rerun_step=task,
+                     from_run=earlier.id, track=track, experiment=experiment)
