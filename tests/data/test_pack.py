@@ -1,0 +1,195 @@
+"""`facepipe pack`, `rec-info`, `unpack`: what a user gets from an identity tree or a .lst."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from facepipe.cli import main
+from facepipe.config import load_config
+from facepipe.data.insightface import FaceRecordSet, read_lst, read_property
+from facepipe.data.pack import PackConfig, jpeg_complete, jpeg_info, pack
+from facepipe.errors import ConfigError, DataError
+from facepipe.manifest import read_manifest
+from facepipe.tracking import MemoryLogger
+
+
+def photo(seed: int, h: int = 90, w: int = 70) -> np.ndarray:
+    """A non-square photo with a distinct colour block in the centre (what a center-crop keeps)."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 60, w, dtype=np.float32)[None, :, None] + rng.integers(0, 40, 3)
+    img = np.broadcast_to(ramp, (h, w, 3)).astype(np.uint8).copy()
+    cy, cx = h // 2, w // 2
+    img[cy - 15:cy + 15, cx - 15:cx + 15] = [int(v) for v in rng.integers(100, 255, 3)]
+    return img
+
+
+def make_tree(root: Path, counts: dict[str, int], h: int = 90, w: int = 70) -> Path:
+    """root/<identity>/<n>.jpg with `counts[identity]` photos each."""
+    seed = 0
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for j in range(n):
+            cv2.imwrite(str(root / name / f"{j:02d}.jpg"), photo(seed, h, w), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            seed += 1
+    return root
+
+
+def cfg(**kw) -> PackConfig:
+    return load_config(PackConfig, sets={"workers": 1, "size": 32, **kw})
+
+
+def test_pack_identity_tree(tmp_path):
+    src = make_tree(tmp_path / "src", {"bob": 3, "alice": 2, "carol": 1})
+    logger = MemoryLogger()
+    report = pack(cfg(), src, tmp_path / "out", logger=logger, progress=False)
+    out = tmp_path / "out"
+    assert (report["images_packed"], report["identities_packed"], report["skipped_count"]) == (6, 3, 0)
+    assert read_property(out / "property") == (3, 32, 32)
+    # identities in name order, images in name order; the .lst says which file became which record
+    _, entries = read_lst(out / "train.lst")
+    assert [(e.path, e.label) for e in entries] == [
+        ("alice/00.jpg", 0), ("alice/01.jpg", 0), ("bob/00.jpg", 1), ("bob/01.jpg", 1), ("bob/02.jpg", 1),
+        ("carol/00.jpg", 2)]
+    rs = FaceRecordSet(out)
+    assert rs.labels.tolist() == [0, 0, 1, 1, 1, 2] and rs.image_size == (32, 32)
+    img, label = rs.decode(5)  # carol's photo: seed 5; center crop 70x70 then resize to 32
+    src_img = cv2.imread(str(src / "carol" / "00.jpg"))
+    expected = cv2.resize(src_img[10:80, :], (32, 32), interpolation=cv2.INTER_AREA)
+    assert img.shape == (32, 32, 3) and np.abs(img.astype(int) - expected.astype(int)).mean() < 3
+    block = photo(5)[45, 35]  # the centre block's colour lands in the centre, not the crop's edge
+    assert np.abs(img[16, 16].astype(int) - block).max() < 12 and np.abs(img[1, 16].astype(int) - block).min() > 40
+    manifest = read_manifest(out, verify=True)
+    assert set(manifest["files"]) == {"train.rec", "train.idx", "train.lst", "property", "pack_report.json"}
+    assert json.loads((out / "pack_report.json").read_text())["images_packed"] == 6
+    assert ("images_packed", 6.0, None) in logger.metrics and logger.params["size"] == 32
+
+
+def test_same_input_gives_byte_identical_output_for_any_worker_count(tmp_path):
+    src = make_tree(tmp_path / "src", {f"id{i}": 4 for i in range(6)})
+    pack(cfg(workers=1), src, tmp_path / "a", progress=False)
+    pack(cfg(workers=2), src, tmp_path / "b", progress=False)
+    for name in ("train.rec", "train.idx", "train.lst", "property", "pack_report.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_jpegs_already_at_size_pass_through_unchanged(tmp_path):
+    src = make_tree(tmp_path / "src", {"a": 2, "b": 1}, h=32, w=32)
+    report = pack(cfg(), src, tmp_path / "out", progress=False)
+    assert report["images_passed_through"] == 3 and report["images_reencoded"] == 0
+    rs = FaceRecordSet(tmp_path / "out")
+    assert rs.read(2)[0] == (src / "b" / "00.jpg").read_bytes()
+
+
+def test_bad_inputs_are_skipped_and_reported(tmp_path):
+    src = make_tree(tmp_path / "src", {"good": 2, "mixed": 2})
+    good = (src / "good" / "00.jpg").read_bytes()
+    (src / "mixed" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (src / "mixed" / "corrupt.jpg").write_bytes(good[:2] + b"\x00" * 200)
+    (src / "mixed" / "notes.jpg").write_text("not an image at all\n")
+    (src / "mixed" / "unreadable.jpg").symlink_to(tmp_path / "gone.jpg")  # root can read any mode bits
+    (src / "empty_person").mkdir()
+    (src / "stray.jpg").write_bytes(good)
+    report = pack(cfg(), src, tmp_path / "out", progress=False)
+    reasons = {s["file"]: s["reason"] for s in report["skipped"]}
+    assert reasons["mixed/truncated.jpg"].startswith("truncated JPEG")
+    assert reasons["mixed/corrupt.jpg"].startswith("corrupt JPEG")
+    assert reasons["mixed/notes.jpg"].startswith("not a decodable image")
+    assert reasons["mixed/unreadable.jpg"].startswith("unreadable")
+    assert reasons["stray.jpg"] == "not inside an identity folder"
+    assert report["skipped_count"] == 5
+    assert report["identities_dropped"] == [{"identity": "empty_person", "images": 0, "reason": "empty folder"}]
+    assert (report["images_packed"], report["identities_packed"]) == (4, 2)
+    on_disk = json.loads((tmp_path / "out" / "pack_report.json").read_text())
+    assert on_disk["skipped"] == report["skipped"]
+
+
+def test_min_images_and_duplicates(tmp_path):
+    src = make_tree(tmp_path / "src", {"a": 3, "b": 1, "c": 2})
+    (src / "c" / "copy.jpg").write_bytes((src / "a" / "00.jpg").read_bytes())
+    report = pack(cfg(min_images=3), src, tmp_path / "out", progress=False)
+    assert [d["identity"] for d in report["identities_dropped"]] == ["b"]
+    assert report["identities_packed"] == 2 and report["images_packed"] == 6
+    assert report["duplicate_files"] == 1 and report["duplicates_across_identities"] == 1
+    assert report["duplicates"][0]["files"] == ["a/00.jpg", "c/copy.jpg"]
+    assert FaceRecordSet(tmp_path / "out").labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_pack_from_im2rec_lst(tmp_path):
+    src = make_tree(tmp_path / "imgs", {"x": 2, "y": 2})
+    lst = tmp_path / "list.lst"
+    lst.write_text("0\t7\timgs/y/00.jpg\n1\t3\timgs/x/00.jpg\n2\t7\timgs/y/01.jpg\n3\t3\timgs/x/01.jpg\n")
+    report = pack(cfg(prefix="val"), lst, tmp_path / "out", progress=False)
+    assert report["source"] == "lst (im2rec)" and report["identities_packed"] == 2
+    _, entries = read_lst(tmp_path / "out" / "val.lst")
+    assert [(e.path, e.label) for e in entries] == [
+        ("imgs/x/00.jpg", 0), ("imgs/x/01.jpg", 0), ("imgs/y/00.jpg", 1), ("imgs/y/01.jpg", 1)]
+    assert len(FaceRecordSet(tmp_path / "out", prefix="val")) == 4
+    assert src.exists()
+
+
+def test_nothing_usable_is_an_error_naming_the_source(tmp_path):
+    (tmp_path / "src" / "a").mkdir(parents=True)
+    (tmp_path / "src" / "a" / "x.jpg").write_text("text")
+    with pytest.raises(DataError, match=r"src: no images packed: 1 file\(s\) seen, 1 skipped"):
+        pack(cfg(), tmp_path / "src", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    with pytest.raises(DataError, match="source not found"):
+        pack(cfg(), tmp_path / "nowhere", tmp_path / "out", progress=False)
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="PackConfig.quality: 101 is out of range"):
+        cfg(quality=101)
+    with pytest.raises(ConfigError, match="PackConfig.prefix"):
+        cfg(prefix="a/b")
+    with pytest.raises(ConfigError, match="PackConfig.detector.*not a file"):
+        cfg(detector="/no/such/model.pt")
+
+
+def test_jpeg_structure_checks():
+    ok, buf = cv2.imencode(".jpg", photo(0, 40, 50))
+    data = buf.tobytes()
+    assert jpeg_info(data) == (50, 40, 3) and jpeg_complete(data)
+    assert not jpeg_complete(data[:-100])
+    assert jpeg_info(b"\x89PNG....") is None
+
+
+def test_cli_pack_rec_info_unpack_round_trip(tmp_path, capsys):
+    src = make_tree(tmp_path / "src", {"ann": 2, "ben": 3})
+    assert main(["pack", str(src), str(tmp_path / "rec"), "--size", "32", "--workers", "2", "--quiet",
+                 "--set", "quality=90"]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert summary["images_packed"] == 5 and summary["workers"] == 2
+    assert json.loads((tmp_path / "rec" / "pack_report.json").read_text())["config"]["quality"] == 90
+    assert main(["rec-info", str(tmp_path / "rec"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["images"], info["identities"], info["image_sizes"], info["layout"]) == (5, 2, {"32x32": 5}, "insightface")
+    assert main(["unpack", str(tmp_path / "rec" / "train.rec"), str(tmp_path / "tree"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert sorted(p.relative_to(tmp_path / "tree").as_posix() for p in (tmp_path / "tree").rglob("*.jpg")) == [
+        "ann/00.jpg", "ann/01.jpg", "ben/00.jpg", "ben/01.jpg", "ben/02.jpg"]
+    # the unpacked tree packs back to the same records (already 32x32: bytes pass through)
+    assert main(["pack", str(tmp_path / "tree"), str(tmp_path / "again"), "--size", "32", "--quiet"]) == 0
+    assert (tmp_path / "again" / "train.rec").read_bytes() == (tmp_path / "rec" / "train.rec").read_bytes()
+
+
+def test_cli_errors_exit_2_with_the_file_named(tmp_path, capsys):
+    bad = tmp_path / "bad.rec"
+    bad.write_bytes(b"\x00" * 64)
+    (tmp_path / "bad.idx").write_text("0\t0\n")
+    assert main(["rec-info", str(bad)]) == 2
+    assert "bad.rec, byte offset 0: wrong magic" in capsys.readouterr().err
+    assert main(["pack", str(tmp_path / "missing"), str(tmp_path / "o")]) == 2
+    assert "source not found" in capsys.readouterr().err
+
+
+def test_workers_default_uses_all_cores(tmp_path):
+    src = make_tree(tmp_path / "src", {"a": 3})
+    report = pack(load_config(PackConfig, sets={"size": 32}), src, tmp_path / "out", progress=False)
+    assert report["workers"] == min(3, len(os.sched_getaffinity(0)))
