@@ -211,8 +211,9 @@ class _LocalBackend:
 def _need(names: tuple[str, ...], scheme: str) -> dict[str, str]:
     missing = [n for n in names if not os.environ.get(n)]
     if missing:
-        raise StorageError(f"{scheme}:// needs credentials: environment variable "
-                           f"{' and '.join(missing)} is not set (required: {', '.join(names)})")
+        which = (f"environment variable {missing[0]} is" if len(missing) == 1 else
+                 f"environment variables {' and '.join(missing)} are")
+        raise StorageError(f"{scheme}:// needs credentials: {which} not set (required: {', '.join(names)})")
     return {n: os.environ[n] for n in names}
 
 
@@ -228,11 +229,12 @@ class _S3Backend:
         from botocore.config import Config
 
         self.endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL") or None
+        pair = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+        if any(os.environ.get(n) for n in pair):  # half a key pair: name the other half
+            _need(pair, "s3")
         session = boto3.session.Session()
         if session.get_credentials() is None:
-            _need(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), "s3")
-        if bool(os.environ.get("AWS_ACCESS_KEY_ID")) != bool(os.environ.get("AWS_SECRET_ACCESS_KEY")):
-            _need(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), "s3")
+            _need(pair, "s3")
         region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
         config = Config(
             region_name=region, max_pool_connections=64, connect_timeout=5, read_timeout=60,
@@ -270,10 +272,13 @@ class _S3Backend:
             _need(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), "s3")
             raise
         except S3UploadFailedError as exc:
+            # boto3's managed transfer folds the ClientError into its message.
             text = str(exc)
-            if any(c in text for c in ("NoSuchBucket", "AccessDenied", "InvalidAccessKeyId",
-                                       "SignatureDoesNotMatch")):
-                raise _Permanent(text) from None
+            if "NoSuchBucket" in text:
+                raise _Permanent(f"bucket does not exist ({text})") from None
+            if any(c in text for c in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch")):
+                raise _Permanent(f"access refused ({text}); check AWS_ACCESS_KEY_ID / "
+                                 f"AWS_SECRET_ACCESS_KEY") from None
             raise _Transient(text) from None
         except (BotoCoreError, OSError) as exc:
             raise _Transient(f"{type(exc).__name__}: {exc}") from None

@@ -1,0 +1,106 @@
+"""An S3 endpoint that dies mid-upload and comes back; credentials kept out of every log and message."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from facepipe import storage
+from facepipe.errors import StorageError
+from tests.fixtures.services import ACCESS_KEY, SECRET_KEY, S3Server
+from tests.storage.model_folders import make_model_folder, tree, without_manifest
+
+
+@pytest.fixture
+def private_s3(tmp_path, monkeypatch):
+    """A nanio server of this test's own, which the test may kill and restart."""
+    server = S3Server.start_nanio(tmp_path / "nanio")
+    server.create_bucket("models")
+    for k, v in server.aws_env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("FACEPIPE_STORAGE_ATTEMPTS", "3")
+    monkeypatch.setenv("FACEPIPE_STORAGE_BACKOFF_S", "0.01")
+    monkeypatch.setenv("FACEPIPE_STORAGE_PART_MB", "5")
+    yield server
+    server.shutdown()
+
+
+def upload_killed_after(server: S3Server, src, uri, n_files: int):
+    """Upload one file at a time and kill the server after n_files have landed."""
+    landed = []
+
+    def on_file(rel):
+        landed.append(rel)
+        if len(landed) == n_files:
+            server.stop()
+
+    with pytest.raises(StorageError, match="failed after 3 attempts") as err:
+        storage.upload(src, uri, workers=1, quiet=True, on_file=on_file)
+    assert server.endpoint in str(err.value)
+    return landed
+
+
+def test_server_killed_mid_upload_then_restarted(private_s3, tmp_path):
+    src = make_model_folder(tmp_path / "v1", small=8)
+    uri = "s3://models/run7/recognizer"
+    landed = upload_killed_after(private_s3, src, uri, n_files=3)
+    assert len(landed) == 3
+
+    private_s3.start()  # same port, same data: the endpoint is back
+    assert storage.exists(uri), "some files did land before the crash"
+    assert not storage.is_complete(uri)
+    with pytest.raises(StorageError, match="incomplete folder"):
+        storage.download(uri, tmp_path / "back", quiet=True)
+    assert not (tmp_path / "back" / "manifest.json").exists()
+
+    report = storage.upload(src, uri, quiet=True)  # the rerun
+    assert report.skipped == 3, "files that landed intact are not sent again"
+    assert report.files == len(tree(src)) - 3
+    out = storage.download(uri, tmp_path / "back", quiet=True)
+    assert without_manifest(tree(out)) == tree(src)
+
+
+def test_interrupted_overwrite_never_mixes_versions(private_s3, tmp_path):
+    """v1 complete, v2 upload dies halfway: the folder must not pass as complete (v1+v2 mixed)."""
+    uri = "s3://models/latest/detector"
+    v1 = make_model_folder(tmp_path / "v1", small=8, seed=1)
+    storage.upload(v1, uri, quiet=True)
+    assert storage.is_complete(uri)
+
+    v2 = make_model_folder(tmp_path / "v2", small=8, seed=2)
+    upload_killed_after(private_s3, v2, uri, n_files=4)
+    private_s3.start()
+    assert not storage.is_complete(uri)
+    with pytest.raises(StorageError, match="incomplete folder"):
+        with storage.localize(uri):
+            pass
+
+    storage.upload(v2, uri, quiet=True)
+    with storage.localize(uri) as local:
+        assert without_manifest(tree(local)) == tree(v2)
+
+
+def test_secrets_never_in_logs_or_output(private_s3, tmp_path, caplog):
+    src = make_model_folder(tmp_path / "src", big_mb=6, small=3)
+    with caplog.at_level(logging.DEBUG):
+        storage.upload(src, "s3://models/logged", quiet=False)
+        storage.download("s3://models/logged", tmp_path / "back", quiet=False)
+    assert caplog.records, "debug logging was captured"
+    assert SECRET_KEY not in caplog.text
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("facepipe"))
+    assert ACCESS_KEY not in ours
+
+    # The CLI, on success and on failure (endpoint down after retries).
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cli = [sys.executable, "-m", "facepipe.cli", "storage"]
+    ok = subprocess.run(cli + ["cp", str(src), "s3://models/cli"], env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    private_s3.stop()
+    bad = subprocess.run(cli + ["cp", str(src), "s3://models/cli2"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "failed after 3 attempts" in bad.stderr
+    for out in (ok.stdout, ok.stderr, bad.stdout, bad.stderr):
+        assert SECRET_KEY not in out and ACCESS_KEY not in out
