@@ -12,6 +12,7 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -42,7 +43,9 @@ class GalleryConfig:
     max_images_per_identity: int = bounded(0, low=0, help="enrol only the first K images (sorted) per identity; 0: all")
     batch_size: int = bounded(64, low=1, help="faces per recognizer forward pass")
     score_threshold: float = bounded(0.5, low=0.0, high=1.0, help="detector confidence for a face")
-    crop_fraction: float = bounded(1.0, low=0.05, high=1.0, help="center-crop fallback: share of the shorter side")
+    crop_fraction: Optional[float] = bounded(None, low=0.05, high=1.0,
+                                             help="center-crop fallback: share of the shorter side "
+                                                  "(default: the recognizer's training center_crop)")
     device: str = "cpu"
 
 
@@ -91,6 +94,13 @@ def scan_identity_tree(data_dir: str | Path, max_images: int = 0) -> tuple[list[
 def input_size_of(recognizer) -> int:
     size = recognizer.input_size
     return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def fallback_crop(crop_fraction: float | None, recognizer) -> float:
+    """Without landmarks, crop as the recognizer saw its training faces (its `center_crop`)."""
+    if crop_fraction is not None:
+        return float(crop_fraction)
+    return float(getattr(recognizer, "center_crop", 1.0) or 1.0)
 
 
 def embed_identity_tree(identities: list[tuple[str, list[Path]]], root: Path, aligner, recognizer,
@@ -163,7 +173,7 @@ def load_models(recognizer_path, detector_path, cfg):
         raise ConfigError("a recognizer model (model.pt) is required")
     recognizer = Recognizer.load(str(recognizer_path), device=cfg.device)
     aligner = FaceAligner(detector_path, score_threshold=cfg.score_threshold,
-                          crop_fraction=cfg.crop_fraction, device=cfg.device)
+                          crop_fraction=fallback_crop(cfg.crop_fraction, recognizer), device=cfg.device)
     return recognizer, aligner
 
 
@@ -187,18 +197,14 @@ def enrol(cfg: GalleryConfig, data_dir, recognizer, aligner, desc: str = "enroll
     return names, emb, labels, records, report
 
 
-def build_gallery(cfg: GalleryConfig, data_dir, detector_path, recognizer_path, out_dir,
-                  logger: RunLogger = NullLogger()) -> dict:
-    """Enrol `data_dir` (identity folders) into a gallery at `out_dir`; returns the build report."""
-    from facepipe.gallery.store import FORMAT_VERSION, Gallery, replace_folder
+def gallery_from_tree(cfg: GalleryConfig, data_dir, recognizer, aligner):
+    """An in-memory gallery of the identity folders in `data_dir`, and its problem report."""
+    from facepipe.gallery.store import FORMAT_VERSION, Gallery
 
-    t0 = time.time()
-    out = Path(out_dir)
-    recognizer, aligner = load_models(recognizer_path, detector_path, cfg)
     names, emb, labels, records, report = enrol(cfg, data_dir, recognizer, aligner)
     if not names:
         raise DataError(f"no identity has a usable face image (no face in {len(report['no_face'])} images, "
-                        f"{len(report['unreadable'])} unreadable); see the detector or use no_face=center_crop",
+                        f"{len(report['unreadable'])} unreadable); check the detector or use no_face=center_crop",
                         path=data_dir)
     calibration_emb = None
     if cfg.calibration_dir:
@@ -210,7 +216,7 @@ def build_gallery(cfg: GalleryConfig, data_dir, detector_path, recognizer_path, 
         "input_size": input_size_of(recognizer), "template": cfg.template, "dtype": cfg.dtype,
         "index": cfg.index, "ivf_nlist": cfg.ivf_nlist, "ivf_nprobe": cfg.ivf_nprobe,
         "hnsw_m": cfg.hnsw_m, "hnsw_ef_search": cfg.hnsw_ef_search, "target_far": cfg.target_far,
-        "alignment": "landmarks" if detector_path is not None else "center_crop",
+        "alignment": "landmarks" if aligner.detector is not None else "center_crop",
         "config": to_dict(cfg), "source": str(data_dir),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -218,18 +224,30 @@ def build_gallery(cfg: GalleryConfig, data_dir, detector_path, recognizer_path, 
                       image_identity=labels, images=records,
                       calibration_embeddings=None if calibration_emb is None else calibration_emb.astype(cfg.dtype))
     gallery.reindex()
+    report.update({"identities": len(names), "rows": gallery.index.size,
+                   "threshold": gallery.threshold, "calibration": gallery.calibration})
+    return gallery, report
+
+
+def build_gallery(cfg: GalleryConfig, data_dir, detector_path, recognizer_path, out_dir,
+                  logger: RunLogger = NullLogger()) -> dict:
+    """Enrol `data_dir` (identity folders) into a gallery at `out_dir`; returns the build report."""
+    import shutil
+
+    from facepipe.gallery.store import replace_folder
+
+    t0 = time.time()
+    out = Path(out_dir)
+    recognizer, aligner = load_models(recognizer_path, detector_path, cfg)
+    gallery, report = gallery_from_tree(cfg, data_dir, recognizer, aligner)
+    report["seconds"] = round(time.time() - t0, 2)
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
-    report.update({"identities": len(names), "rows": gallery.index.size,
-                   "threshold": gallery.threshold, "calibration": gallery.calibration,
-                   "seconds": round(time.time() - t0, 2)})
     gallery.save(tmp, extra_report=report)
     replace_folder(tmp, out)
     logger.log_params({f"gallery.{k}": v for k, v in to_dict(cfg).items()})
-    metrics = {"gallery.identities": len(names), "gallery.images": report["images"],
+    metrics = {"gallery.identities": report["identities"], "gallery.images": report["images"],
                "gallery.enrolled_images": report["enrolled_images"],
                "gallery.no_face": len(report["no_face"]), "gallery.several_faces": len(report["several_faces"])}
     if gallery.threshold is not None:

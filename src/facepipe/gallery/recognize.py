@@ -20,7 +20,7 @@ import numpy as np
 
 from facepipe.config import bounded, to_dict
 from facepipe.errors import ConfigError, DataError
-from facepipe.gallery.build import IMAGE_EXTS, input_size_of
+from facepipe.gallery.build import IMAGE_EXTS, fallback_crop, input_size_of
 from facepipe.manifest import write_manifest
 from facepipe.progress import Progress
 from facepipe.tracking import NullLogger, RunLogger
@@ -39,7 +39,9 @@ class RecognizeConfig:
     score_threshold: float = bounded(0.5, low=0.0, high=1.0, help="detector confidence for a face")
     nms_threshold: float = bounded(0.4, low=0.0, high=1.0)
     annotate: bool = True
-    crop_fraction: float = bounded(1.0, low=0.05, high=1.0, help="no-detector fallback: center-crop share")
+    crop_fraction: Optional[float] = bounded(None, low=0.05, high=1.0,
+                                             help="no-detector fallback: center-crop share (default: the "
+                                                  "recognizer's training center_crop)")
     device: str = "cpu"
 
 
@@ -101,7 +103,8 @@ def recognize(cfg: RecognizeConfig, data_dir, gallery_dir, detector_path, recogn
         raise ConfigError("the gallery has no calibrated threshold (it was built from a single identity); "
                           "set one with --set threshold=0.4")
     aligner = FaceAligner(detector_path, score_threshold=cfg.score_threshold,
-                          nms_threshold=cfg.nms_threshold, crop_fraction=cfg.crop_fraction, device=cfg.device)
+                          nms_threshold=cfg.nms_threshold, crop_fraction=fallback_crop(cfg.crop_fraction, recognizer),
+                          device=cfg.device)
     size = input_size_of(recognizer)
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)
