@@ -1,0 +1,55 @@
+"""The pack component: the step function on a temp folder, and the component through kfp.local."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from components.conftest import step_values
+from facepipe.errors import ConfigError
+
+TINY_SYNTH = dict(identities=4, images=3, scenes=2, eval_identities=2, pair_folds=1, pairs_per_fold=2,
+                  face_size=64, scene_size=128)
+
+
+def test_step_functions_on_a_temp_folder(tmp_path):
+    from facepipe.data.pack import PackConfig, pack
+    from facepipe.data.synth import SynthConfig, synthesize
+
+    synthesize(SynthConfig(**TINY_SYNTH), tmp_path / "data")
+    report = pack(PackConfig(size=64, workers=1), tmp_path / "data" / "faces", tmp_path / "rec")
+    assert report["images_packed"] == 12
+    assert (tmp_path / "rec" / "train.rec").stat().st_size > 0
+    assert (tmp_path / "rec" / "manifest.json").exists()
+
+
+def test_component_synthesizes_and_packs_through_kfp_local(kfp_local):
+    from components.pack.component import pack
+
+    task = pack(synth_config=step_values("synth", **TINY_SYNTH), pack_config=step_values("pack", size=64),
+                data_uri="", output_uri="", mlflow_parent_run_id="")
+    images, records = Path(task.outputs["images"].path), Path(task.outputs["records"].path)
+    assert len(list((images / "faces").iterdir())) == 4
+    assert (images / "detection" / "train" / "label.txt").exists()
+    assert (records / "train.rec").exists() and (records / "train.idx").exists()
+    metrics = json.loads(Path(task.outputs["metrics"].path).read_text())
+    assert metrics["images_packed"] == 12.0
+    assert task.outputs["metrics"].metadata["images_packed"] == 12.0
+    assert "<h1>facepipe step: pack</h1>" in Path(task.outputs["report"].path).read_text()
+
+
+def test_component_packs_given_data(kfp_local, synth_small):
+    from components.pack.component import pack
+
+    task = pack(synth_config=step_values("synth"), pack_config=step_values("pack", size=64),
+                data_uri=str(synth_small), output_uri="", mlflow_parent_run_id="")
+    assert json.loads(Path(task.outputs["metrics"].path).read_text())["images_packed"] == 160.0
+
+
+def test_bad_config_value_names_the_key():
+    from facepipe.orchestration.params import decode_config
+
+    with pytest.raises(ConfigError, match="size"):
+        decode_config("pack", step_values("pack", size="big"))

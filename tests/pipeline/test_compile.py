@@ -1,0 +1,103 @@
+"""pipeline.yaml: deterministic compile, not stale, every config key a parameter, cluster settings, no secrets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from facepipe.orchestration import images
+from tests.conftest import PROJECT_ROOT
+
+COMMITTED = PROJECT_ROOT / "pipeline.yaml"
+
+
+def compile_to(out, lock=None, env=None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pipeline.compile", "--out", str(out)] + (["--lock", str(lock)] if lock else [])
+    return subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory):
+    """Two fresh compiles with the committed images lock (as `make compile` does)."""
+    if not images.DEFAULT_LOCK.exists():
+        pytest.fail(f"{images.DEFAULT_LOCK} is missing: `make push-images` writes it; pipeline.yaml must pin digests")
+    out = tmp_path_factory.mktemp("compile")
+    for name in ("a.yaml", "b.yaml"):
+        done = compile_to(out / name, images.DEFAULT_LOCK, env={images.UNPINNED_ENV: "0"})
+        assert done.returncode == 0, done.stderr
+    return out / "a.yaml", out / "b.yaml"
+
+
+def test_compile_is_deterministic(fresh):
+    a, b = fresh
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_committed_pipeline_yaml_is_not_stale(fresh):
+    a, _ = fresh
+    assert COMMITTED.read_text() == a.read_text(), "pipeline.yaml is stale: run `make compile` and commit it"
+
+
+def test_base_images_are_pinned_by_digest_from_the_lock(fresh):
+    lock = images.read_lock(images.DEFAULT_LOCK)
+    spec = list(yaml.safe_load_all(fresh[0].read_text()))[0]
+    used = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert used <= {entry["reference"] for entry in lock["images"].values()}
+    assert all("@sha256:" in ref for ref in used)
+
+
+def test_missing_lock_fails_with_how_to_fix(tmp_path):
+    done = compile_to(tmp_path / "p.yaml", tmp_path / "no-such-lock.json", env={images.UNPINNED_ENV: "0"})
+    assert done.returncode == 2
+    assert "make push-images" in done.stderr and "no-such-lock.json" in done.stderr
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_unpinned_names_only_when_asked_and_visibly_flagged(tmp_path):
+    done = compile_to(tmp_path / "p.yaml", tmp_path / "no-such-lock.json", env={images.UNPINNED_ENV: "1"})
+    assert done.returncode == 0, done.stderr
+    assert f"facepipe-train:{images.UNPINNED_TAG}" in (tmp_path / "p.yaml").read_text()
+
+
+def test_every_step_config_key_is_a_pipeline_parameter():
+    from facepipe.config import keys
+    from facepipe.steps import STEPS
+    from pipeline.pipeline import STEPS as PIPELINE_STEPS
+
+    spec = list(yaml.safe_load_all(COMMITTED.read_text()))[0]
+    params = set(spec["root"]["inputDefinitions"]["parameters"])
+    for step in PIPELINE_STEPS:
+        for key in keys(STEPS[step].config_class()):
+            assert f"{step}__{key}" in params, f"{step}.{key} is not a pipeline parameter"
+    assert {"data_uri", "output_uri", "mlflow_parent_run_id"} <= params
+
+
+def test_cluster_settings_in_the_spec():
+    spec, platform = list(yaml.safe_load_all(COMMITTED.read_text()))
+    tasks = spec["root"]["dag"]["tasks"]
+    for name, task in tasks.items():
+        assert task["retryPolicy"]["maxRetryCount"] == 2, name
+        assert task["retryPolicy"]["backoffDuration"] == "60s"
+    executors = spec["deploymentSpec"]["executors"]
+    training = executors["exec-train-recognition"]["container"]["resources"]
+    assert training["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert training["accelerator"]["resourceCount"] == "1"
+    assert executors["exec-pack"]["container"]["resources"]["resourceCpuRequest"] == "4"
+    secrets = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-pack"]["secretAsEnv"]
+    names = {s["secretName"] for s in secrets}
+    assert names == {"facepipe-s3", "facepipe-obs", "facepipe-mlflow"}
+
+
+def test_credentials_never_reach_the_spec(tmp_path):
+    secret = "S3CR3T-value-never-in-spec"
+    env = {"AWS_SECRET_ACCESS_KEY": secret, "OBS_SECRET_ACCESS_KEY": secret, "MLFLOW_TRACKING_PASSWORD": secret,
+           images.UNPINNED_ENV: "1"}
+    done = compile_to(tmp_path / "p.yaml", images.DEFAULT_LOCK if images.DEFAULT_LOCK.exists() else None, env=env)
+    assert done.returncode == 0, done.stderr
+    assert secret not in (tmp_path / "p.yaml").read_text()
+    assert secret not in COMMITTED.read_text()
