@@ -1,8 +1,16 @@
-"""How step logic reports metrics and artifacts without knowing MLflow.
+"""How step logic reports metrics and artifacts without knowing MLflow, and the pipeline's MLflow lineage.
 
 Step functions take a `logger: RunLogger` argument (default `NullLogger()`). The edges (CLI
 commands, KFP components) pass an `MlflowLogger` when a tracking URI is set
 (`MLFLOW_TRACKING_URI` or an explicit one), so the same step runs untracked in a unit test.
+
+Lineage (used by the orchestration layer): a pipeline run is a parent MLflow run
+(`start_pipeline_run`, tagged with the KFP or local run id, git commit, image digests,
+pipeline.yaml digest and input data digest); each step is a child run (`start_step_run`) with its
+params, metrics by step and artifacts; trained models are registered as model versions linked to
+their run (`register_model`). `find_runs` and `param_diff` answer "which runs" and "what changed".
+Without MLFLOW_TRACKING_URI everything goes to `default_tracking_uri()`, a sqlite store under
+the project's `runs/` folder (`make mlflow-ui` serves it). Params and tags are redacted of secrets.
 """
 
 from __future__ import annotations
@@ -57,7 +65,8 @@ class MlflowLogger:
         import mlflow
 
         self._mlflow = mlflow
-        self._client = mlflow.tracking.MlflowClient()
+        # An explicit run id may live in the default store; the fluent active run uses mlflow's URI.
+        self._client = _client() if run_id else mlflow.tracking.MlflowClient()
         self.run_id = run_id or mlflow.active_run().info.run_id
 
     def log_params(self, params):
@@ -75,9 +84,186 @@ class MlflowLogger:
         self._client.log_artifact(self.run_id, str(path), artifact_path)
 
     def set_tags(self, tags):
-        for k, v in tags.items():
-            self._client.set_tag(self.run_id, k, str(v))
+        from facepipe.secrets import redact_params
+
+        for k, v in redact_params({k: str(v) for k, v in tags.items()}).items():
+            self._client.set_tag(self.run_id, k, v[:5000])
 
 
 def tracking_enabled() -> bool:
     return bool(os.environ.get("MLFLOW_TRACKING_URI"))
+
+
+# ------------------------------------------------------------------------------------- lineage
+
+DEFAULT_EXPERIMENT = "facepipe"
+PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
+STEP_TAG = "facepipe.step"
+
+
+def project_dir() -> Path:
+    """FACEPIPE_PROJECT_DIR, else the source checkout holding this package, else the working dir."""
+    if os.environ.get("FACEPIPE_PROJECT_DIR"):
+        return Path(os.environ["FACEPIPE_PROJECT_DIR"]).resolve()
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file():
+        return checkout
+    return Path.cwd()
+
+
+def default_tracking_uri() -> str:
+    """``sqlite:///<project>/runs/mlflow.db`` (the folder is made if missing)."""
+    runs = project_dir() / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{runs / 'mlflow.db'}"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def _client():
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    return MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+
+
+def _experiment_id(client, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    uri = tracking_uri()
+    location = None
+    if uri.startswith("sqlite:///"):
+        # Keep a local store's artifacts beside its database, not in the caller's working dir.
+        location = (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:
+        exp = client.get_experiment_by_name(name)  # created meanwhile by a parallel step
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _clean_tags(tags: Mapping[str, Any] | None) -> dict[str, str]:
+    from facepipe.secrets import redact_params
+
+    return {k: str(v)[:5000] for k, v in redact_params(dict(tags or {})).items() if v is not None}
+
+
+def git_commit(root: str | Path | None = None) -> str:
+    """The checkout's HEAD commit (with ``-dirty`` for uncommitted changes), or "" outside git."""
+    import subprocess
+
+    cwd = str(root or project_dir())
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        if not commit:
+            return ""
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def start_pipeline_run(experiment: str, tags: Mapping[str, Any] | None = None,
+                       run_name: str | None = None) -> str:
+    """Create the parent run of one pipeline run; returns its id (the run stays RUNNING).
+
+    Expected tags (any subset): ``facepipe.kfp_run_id`` or ``facepipe.local_run_id``,
+    ``facepipe.git_commit`` (filled in when missing), ``facepipe.image.<name>`` digests,
+    ``facepipe.pipeline_digest``, ``facepipe.input_data_digest``. End it with `end_run`.
+    """
+    client = _client()
+    all_tags = {"facepipe.kind": "pipeline", **_clean_tags(tags)}
+    if not all_tags.get("facepipe.git_commit"):
+        all_tags["facepipe.git_commit"] = git_commit()
+    if all_tags["facepipe.git_commit"]:
+        all_tags.setdefault("mlflow.source.git.commit", all_tags["facepipe.git_commit"].removesuffix("-dirty"))
+    name = run_name or all_tags.get("facepipe.kfp_run_id") or all_tags.get("facepipe.local_run_id") or None
+    run = client.create_run(_experiment_id(client, experiment), tags=all_tags, run_name=name)
+    return run.info.run_id
+
+
+def start_step_run(parent_id: str | None, step_name: str, params: Mapping[str, Any] | None = None,
+                   tags: Mapping[str, Any] | None = None) -> str:
+    """Create a step's child run under parent_id (its experiment), log its params; returns its id.
+
+    Without a parent the run is a top-level run in MLFLOW_EXPERIMENT_NAME (default "facepipe").
+    """
+    client = _client()
+    if parent_id:
+        experiment_id = client.get_run(parent_id).info.experiment_id
+    else:
+        experiment_id = _experiment_id(client, os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+    all_tags = {STEP_TAG: step_name, "facepipe.kind": "step", **_clean_tags(tags)}
+    if parent_id:
+        all_tags[PARENT_TAG] = parent_id
+    run = client.create_run(experiment_id, tags=all_tags, run_name=step_name)
+    if params:
+        MlflowLogger(run.info.run_id).log_params(params)
+    return run.info.run_id
+
+
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    """Mark a run FINISHED, FAILED or KILLED."""
+    if status not in ("FINISHED", "FAILED", "KILLED"):
+        raise ValueError(f"run status {status!r}: expected FINISHED, FAILED or KILLED")
+    _client().set_terminated(run_id, status)
+
+
+def register_model(run_id: str, artifact_path: str, name: str, tags: Mapping[str, Any] | None = None):
+    """Register the run's artifact folder `artifact_path` as a new version of model `name`.
+
+    Returns the MLflow ModelVersion (`.version`, `.run_id`, `.source`), linked to the run.
+    """
+    client = _client()
+    from mlflow.exceptions import MlflowException
+
+    run = client.get_run(run_id)
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        try:
+            client.create_registered_model(name, description="facepipe model")
+        except MlflowException:
+            client.get_registered_model(name)  # registered meanwhile by another run
+    source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path.strip('/')}"
+    version = client.create_model_version(name, source, run_id=run_id, tags=_clean_tags(tags),
+                                          await_creation_for=0)
+    client.set_tag(run_id, "facepipe.registered_model", f"{name}/{version.version}")
+    return version
+
+
+def find_runs(experiment: str | None = None, *, parent_id: str | None = None, step: str | None = None,
+              tags: Mapping[str, str] | None = None, filter_string: str = "", max_results: int = 1000):
+    """Runs of an experiment (default: all), newest first, narrowed by parent, step or tag values."""
+    client = _client()
+    if experiment:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return []
+        ids = [exp.experiment_id]
+    else:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    clauses = [filter_string] if filter_string else []
+    wanted = dict(tags or {})
+    if parent_id:
+        wanted[PARENT_TAG] = parent_id
+    if step:
+        wanted[STEP_TAG] = step
+    for k, v in wanted.items():
+        clauses.append(f"tags.`{k}` = '{str(v).replace(chr(39), chr(39) * 2)}'")
+    return list(client.search_runs(ids, " and ".join(clauses), max_results=max_results,
+                                   order_by=["attributes.start_time DESC"]))
+
+
+def param_diff(run_a: str, run_b: str) -> dict[str, tuple[str | None, str | None]]:
+    """The params that differ between two runs: name -> (value in a, value in b); None = absent."""
+    client = _client()
+    a, b = client.get_run(run_a).data.params, client.get_run(run_b).data.params
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
