@@ -203,6 +203,12 @@ def test_refuses_a_folder_that_is_not_a_synth_output(tmp_path):
     with pytest.raises(ConfigError, match="not empty and not an earlier synth output"):
         synthesize(SynthConfig(**TINY), tmp_path)
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+    other = tmp_path / "packed"  # another step's complete output keeps its manifest
+    other.mkdir()
+    (other / "manifest.json").write_text('{"kind": "pack", "files": {}}')
+    with pytest.raises(ConfigError):
+        synthesize(SynthConfig(**TINY), other)
+    assert (other / "manifest.json").exists()
 
 
 def test_reports_to_the_logger(tmp_path):

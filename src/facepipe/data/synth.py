@@ -432,8 +432,11 @@ def degrade(img: np.ndarray, rng: np.random.Generator, nuisance: float, scale: f
             img[:] = cv2.GaussianBlur(img, (0, 0), px)
     noise_sd = rng.uniform(0, 7) * nuisance
     if noise_sd > 0.5:
-        noise = rng.normal(0, noise_sd, img.shape).astype(np.float32)
-        img[:] = np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+        noise = rng.standard_normal(img.shape, dtype=np.float32)
+        noise *= noise_sd
+        noise += img
+        np.clip(noise, 0, 255, out=noise)
+        img[:] = noise.astype(np.uint8)
     return sigma
 
 
@@ -636,8 +639,12 @@ def _prepare(out_dir: Path) -> None:
     from facepipe.manifest import MANIFEST
 
     if out_dir.exists() and any(out_dir.iterdir()):
-        ours = (out_dir / MANIFEST).exists() or (out_dir / "synth_report.json").exists() or \
-            set(p.name for p in out_dir.iterdir()) <= set(_OUTPUTS) | {MANIFEST, MANIFEST + ".tmp"}
+        try:
+            kind = json.loads((out_dir / MANIFEST).read_text()).get("kind")
+        except (OSError, ValueError, AttributeError):
+            kind = None
+        ours = kind == "synth" or (out_dir / "synth_report.json").exists() or \
+            {p.name for p in out_dir.iterdir()} <= set(_OUTPUTS) | {MANIFEST + ".tmp"}
         if not ours:
             raise ConfigError(f"{out_dir}: not empty and not an earlier synth output; "
                               "choose an empty or new folder")
