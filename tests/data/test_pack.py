@@ -193,3 +193,25 @@ def test_workers_default_uses_all_cores(tmp_path):
     src = make_tree(tmp_path / "src", {"a": 3})
     report = pack(load_config(PackConfig, sets={"size": 32}), src, tmp_path / "out", progress=False)
     assert report["workers"] == min(3, len(os.sched_getaffinity(0)))
+
+
+def test_detector_alignment_is_recorded_per_image(tmp_path):
+    """An (untrained) detector model.pt end to end: every image aligned or center-cropped, and the
+    report says which, per file."""
+    torch = pytest.importorskip("torch")
+    from facepipe.config import to_dict
+    from facepipe.detection.config import DetectionTrainConfig
+    from facepipe.detection.model import build_model
+
+    det_cfg = DetectionTrainConfig()
+    torch.manual_seed(0)
+    model = build_model(det_cfg).eval()
+    model_pt = tmp_path / "detector.pt"
+    torch.save({"kind": "detector", "state_dict": model.state_dict(), "config": to_dict(det_cfg)}, model_pt)
+    src = make_tree(tmp_path / "src", {"a": 2, "b": 1}, h=64, w=64)
+    report = pack(cfg(detector=str(model_pt)), src, tmp_path / "out", progress=False)
+    assert report["images_passed_through"] == 0  # alignment always re-renders the face
+    assert [a["file"] for a in report["alignment"]] == ["a/00.jpg", "a/01.jpg", "b/00.jpg"]
+    assert all(isinstance(a["landmarks"], bool) and a["status"] for a in report["alignment"])
+    assert report["aligned_with_landmarks"] + report["aligned_without_landmarks"] == 3
+    assert FaceRecordSet(tmp_path / "out").decode(2)[0].shape == (32, 32, 3)

@@ -205,7 +205,7 @@ def _work(task):
 @dataclass
 class _Identity:
     name: str
-    files: list[tuple[str, Path]]  # (name in the .lst, absolute path)
+    files: list[tuple[str, str]]  # (name in the .lst, path to read)
 
 
 def list_identity_tree(src: Path, skipped: list[dict]) -> list[_Identity]:
@@ -225,7 +225,7 @@ def list_identity_tree(src: Path, skipped: list[dict]) -> list[_Identity]:
             if item.is_dir():
                 skipped.append({"file": rel + "/", "reason": "nested folder (expected SRC/<identity>/<image>)"})
                 continue
-            files.append((rel, Path(item.path)))
+            files.append((rel, item.path))
         identities.append(_Identity(entry.name, files))
     return identities
 
@@ -236,7 +236,7 @@ def list_lst(lst_path: Path) -> tuple[list[_Identity], str]:
     fmt, entries = read_lst(lst_path)
     by_label: dict[int, list[tuple[str, Path]]] = {}
     for e in entries:
-        by_label.setdefault(e.label, []).append((e.path, relative_to_lst(lst_path, e.path)))
+        by_label.setdefault(e.label, []).append((e.path, str(relative_to_lst(lst_path, e.path))))
     return [_Identity(str(label), by_label[label]) for label in sorted(by_label)], fmt
 
 
@@ -269,7 +269,7 @@ def pack(cfg: PackConfig, src: str | Path, out_dir: str | Path, logger: RunLogge
     else:
         identities, lst_format = list_lst(src)
         source_kind = f"lst ({lst_format})"
-    tasks = [(i, str(p), cfg.size, cfg.quality)
+    tasks = [(i, p, cfg.size, cfg.quality)
              for i, (_, p) in enumerate(f for ident in identities for f in ident.files)]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until we finish

@@ -1,0 +1,112 @@
+"""Packing speed: facepipe pack vs MXNet's im2rec on the lfw-dev photos, and pass-through vs a copy.
+
+    .venv/bin/python bench/pack.py [--workers 2] [--repeats 3]
+
+1. Pack ../shared/data/lfw-dev/images (7,698 250x250 JPEGs) to 112x112 (center crop, quality 95)
+   with `facepipe pack` and with MXNet 1.9.1's `tools/im2rec.py` (.venv-mxnet), same number of
+   worker processes, each as a fresh process (start-up included); best of N runs. Goal >= 2x.
+2. Pass-through: pack the already-112x112 JPEGs (unpacked from step 1) vs a plain copy of the
+   same bytes into one file (list the tree, read every file, append it). Goal >= 0.5x copy speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LFW = ROOT.parent / "shared" / "data" / "lfw-dev" / "images"
+FACEPIPE = ROOT / ".venv" / "bin" / "facepipe"
+MXNET_PYTHON = ROOT / ".venv-mxnet" / "bin" / "python"
+
+
+def timed(cmd: list[str], **kw) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    return time.perf_counter() - t0
+
+
+def best(n: int, fn) -> float:
+    return min(fn() for _ in range(n))
+
+
+def im2rec_script() -> Path:
+    out = subprocess.run([str(MXNET_PYTHON), "-c", "import mxnet, os; print(os.path.dirname(mxnet.__file__))"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    return Path(out) / "tools" / "im2rec.py"
+
+
+def copy_bytes(tree: Path, dest: Path) -> float:
+    """List the tree (as pack must) and append every file's bytes to one file."""
+    t0 = time.perf_counter()
+    with open(dest, "wb") as out:
+        for folder, _, names in sorted(os.walk(tree)):
+            for name in sorted(names):
+                with open(os.path.join(folder, name), "rb") as src:
+                    out.write(src.read())
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    if not LFW.is_dir():
+        print(f"bench/pack.py: skipped: {LFW} not found (the lfw-dev photos are not on this machine)")
+        return 0
+    if not MXNET_PYTHON.exists():
+        print(f"bench/pack.py: skipped: {MXNET_PYTHON} missing (run scripts/mxnet-venv.sh)")
+        return 0
+    n_images = sum(1 for _ in LFW.rglob("*.jpg"))
+    w, r = args.workers, args.repeats
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with tempfile.TemporaryDirectory(prefix="bench-pack-") as tmp:
+        tmp = Path(tmp)
+        # 1. facepipe vs im2rec, fresh processes, same worker count
+        fp_s = best(r, lambda: timed([str(FACEPIPE), "pack", str(LFW), str(tmp / "fp"), "--size", "112",
+                                      "--workers", str(w), "--quality", "95", "--quiet"], env=env))
+        im2rec = im2rec_script()
+        list_s = timed([str(MXNET_PYTHON), str(im2rec), "--list", "--recursive", str(tmp / "mx" / "lfw"),
+                        str(LFW)], env=env) if (tmp / "mx").mkdir() is None else 0.0
+        mx_s = best(r, lambda: timed([str(MXNET_PYTHON), str(im2rec), str(tmp / "mx" / "lfw"), str(LFW),
+                                      "--resize", "112", "--center-crop", "--quality", "95",
+                                      "--num-thread", str(w)], env=env))
+        fp_rate, mx_rate = n_images / fp_s, n_images / mx_s
+        print(f"images: {n_images} lfw-dev photos -> 112x112 JPEG q95, {w} workers each, best of {r}")
+        print(f"facepipe pack          {fp_s:6.2f} s  {fp_rate:8.0f} images/s")
+        print(f"mxnet im2rec (pack)    {mx_s:6.2f} s  {mx_rate:8.0f} images/s   (+ {list_s:.2f} s to make its .lst)")
+        print(f"ratio facepipe / im2rec: {fp_rate / mx_rate:.2f}x (goal >= 2x)")
+
+        # 2. pass-through of already-112 JPEGs vs copying the same bytes into one file
+        subprocess.run([str(FACEPIPE), "unpack", str(tmp / "fp" / "train.rec"), str(tmp / "tree112"), "--quiet"],
+                       check=True, stdout=subprocess.DEVNULL)
+        files = sorted(p for p in (tmp / "tree112").rglob("*.jpg"))
+        total_bytes = sum(p.stat().st_size for p in files)
+        sys.path.insert(0, str(ROOT / "src"))
+        from facepipe.data.pack import PackConfig, pack
+
+        def passthrough() -> float:
+            shutil.rmtree(tmp / "pt", ignore_errors=True)
+            t0 = time.perf_counter()
+            report = pack(PackConfig(size=112, workers=w), tmp / "tree112", tmp / "pt", progress=False)
+            assert report["images_passed_through"] == len(files), report["images_passed_through"]
+            return time.perf_counter() - t0
+
+        pt_s = best(r, passthrough)
+        copy_s = best(r, lambda: copy_bytes(tmp / "tree112", tmp / "copy.bin"))
+        print(f"pass-through: {len(files)} JPEGs already 112x112, {total_bytes / 1e6:.1f} MB")
+        print(f"facepipe pack (pass-through) {pt_s:6.2f} s  {len(files) / pt_s:8.0f} images/s")
+        print(f"plain copy into one file     {copy_s:6.2f} s  {len(files) / copy_s:8.0f} images/s")
+        print(f"ratio pack / copy: {copy_s / pt_s:.2f}x (goal >= 0.5x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
