@@ -15,6 +15,7 @@ from facepipe.errors import FacepipeError
 # name -> module under facepipe.commands
 COMMANDS = {
     "synth": "synth",
+    "labels": "labels",
     "pack": "pack",
     "rec-info": "rec_info",
     "unpack": "unpack",

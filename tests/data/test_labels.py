@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -171,3 +174,32 @@ def test_load_split_reads_and_validates_a_split_folder(tmp_path):
     write_labels(tmp_path / "label.txt", [LabelledImage("s.jpg", [FaceLabel([60, 60, 10, 10])])])
     kept, report = load_split(tmp_path)
     assert kept[0].faces[0].box.tolist() == [60, 60, 4, 4] and report["boxes_clipped"] == 1
+
+
+def test_cli_labels_checks_splits_and_writes_a_clean_copy(tmp_path, capsys, synth_small):
+    from facepipe.cli import main
+
+    assert main(["labels", str(synth_small / "detection")]) == 0
+    reports = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(r["label_file"]).parent.name for r in reports] == ["test", "train", "val"]
+
+    split = tmp_path / "split"
+    _image(split / "images" / "a", 40, 40)
+    (split / "label.txt").write_text("# a.jpg\n30 30 20 20\n0 0 0 5\n# gone.jpg\n1 1 4 4\n")
+    clean = tmp_path / "clean.txt"
+    assert main(["labels", str(split), "--write-clean", str(clean)]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["images_missing"] == ["gone.jpg"] and report["boxes_clipped"] == 1
+    assert report["boxes_dropped_zero_area"] == 1
+    assert main(["labels", str(clean), "--images", str(split / "images")]) == 0
+    assert [f.box.tolist() for f in read_labels(clean)[0].faces] == [[30, 30, 10, 10]]
+
+    (split / "label.txt").write_text("# a.jpg\n30 30 20\n")
+    assert main(["labels", str(split)]) == 2
+    assert f"{split / 'label.txt'}, line 2: 3 numbers" in capsys.readouterr().err
+
+
+def test_byte_order_mark_and_crlf_are_tolerated(tmp_path):
+    path = tmp_path / "label.txt"
+    path.write_bytes(b"\xef\xbb\xbf# a.jpg\r\n1 2 3 4\r\n")
+    assert read_labels(path)[0].faces[0].box.tolist() == [1, 2, 3, 4]

@@ -41,6 +41,8 @@ def test_identity_folders_scenes_report_and_manifest(synth_small, synth_small_co
     assert report["face_images"] == cfg.identities * cfg.images
     assert sum(report["scenes"].values()) == cfg.scenes
     assert report["scenes"]["val"] >= 1 and report["scenes"]["test"] >= 1
+    preview = cv2.imread(str(synth_small / "preview.png"))
+    assert preview is not None and preview.shape[1] == 8 * 64
     manifest = read_manifest(synth_small, verify=True)
     assert manifest["kind"] == "synth" and "detection/train/label.txt" in manifest["files"]
 

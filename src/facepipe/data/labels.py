@@ -130,6 +130,8 @@ def read_labels(label_txt: str | Path) -> list[LabelledImage]:
         raise DataError(f"cannot read label file: {exc.strerror}", path=label_txt) from None
     images: list[LabelledImage] = []
     seen: dict[str, int] = {}
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark from Windows editors
+        raw = raw[3:]
     for line_no, line_bytes in enumerate(raw.splitlines(), start=1):
         try:
             line = line_bytes.decode("utf-8").strip()

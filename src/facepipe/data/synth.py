@@ -13,6 +13,7 @@ Output of `synthesize(cfg, out_dir)`:
     faces_eval/<id>/<id>_<NNNN>.jpg   held-out identities (never in faces/), for verification
     faces_pairs.txt                   LFW pairs.txt over faces_eval/ (folds, same then different pairs)
     detection/{train,val,test}/images/*.jpg + label.txt   RetinaFace/WIDER labels (facepipe.data.labels)
+    preview.png                       a look at the faces and two annotated training scenes
     synth_report.json, manifest.json (last)
 
 Everything is drawn from numpy Generators seeded per identity, image and scene, so the same
@@ -63,7 +64,7 @@ class SynthConfig:
     faces_per_scene_max: int = bounded(6, low=1, high=64)
     min_face: int = bounded(10, low=4, help="smallest face box side in scenes (px)")
     max_face_fraction: float = bounded(0.6, low=0.05, high=1.0, help="largest face box / scene side")
-    landmark_min_face: int = bounded(12, low=0,
+    landmark_min_face: int = bounded(16, low=0,
                                      help="faces smaller than this get -1 landmarks, as WIDER's tiny faces")
     val_fraction: float = bounded(0.1, low=0.0, high=0.9)
     test_fraction: float = bounded(0.1, low=0.0, high=0.9)
@@ -629,9 +630,54 @@ def write_pairs(path: Path, names: list[str], images: int, folds: int, per_fold:
     return folds * per_fold * 2
 
 
+# --------------------------------------------------------------------------- preview
+
+LANDMARK_COLOURS = [(255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 0, 255), (0, 255, 255)]
+
+
+def annotate(image: np.ndarray, faces) -> np.ndarray:
+    """Boxes (green) and landmarks (left eye blue, right eye red, nose green, mouth magenta/yellow)."""
+    out = image.copy()
+    for face in faces:
+        x, y, w, h = face.box
+        cv2.rectangle(out, (int(x), int(y)), (int(round(x + w)), int(round(y + h))), (0, 255, 0), 1)
+        if face.landmarks is not None:
+            for (lx, ly), flag, colour in zip(face.landmarks, face.landmark_flags, LANDMARK_COLOURS):
+                if flag >= 0:
+                    cv2.circle(out, (int(lx), int(ly)), 2, colour, -1 if flag == 0 else 1)
+    return out
+
+
+def write_preview(out_dir: Path, labelled_train: list, per_row: int = 8, tile: int = 64) -> Path:
+    """`preview.png`: a grid of faces (one identity per row) above annotated training scenes."""
+    rows = []
+    for person in sorted((out_dir / "faces").iterdir())[:per_row]:
+        tiles = [cv2.resize(cv2.imread(str(f)), (tile, tile), interpolation=cv2.INTER_AREA)
+                 for f in sorted(person.iterdir())[:per_row]]
+        tiles += [np.zeros((tile, tile, 3), np.uint8)] * (per_row - len(tiles))
+        rows.append(np.concatenate(tiles, 1))
+    width = per_row * tile
+    scene_h = width // 2
+    scenes = []
+    for item in labelled_train[:2]:
+        img = annotate(cv2.imread(str(out_dir / "detection" / "train" / "images" / item.path)), item.faces)
+        scale = min(scene_h / img.shape[0], (width // 2) / img.shape[1])
+        img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        canvas = np.zeros((scene_h, width // 2, 3), np.uint8)
+        canvas[:img.shape[0], :img.shape[1]] = img
+        scenes.append(canvas)
+    if scenes:
+        scenes += [np.zeros((scene_h, width // 2, 3), np.uint8)] * (2 - len(scenes))
+        rows.append(np.concatenate(scenes, 1))
+    path = out_dir / "preview.png"
+    if rows:
+        cv2.imwrite(str(path), np.concatenate(rows, 0))
+    return path
+
+
 # --------------------------------------------------------------------------- the step
 
-_OUTPUTS = ("faces", "faces_eval", "faces_pairs.txt", "detection", "synth_report.json")
+_OUTPUTS = ("faces", "faces_eval", "faces_pairs.txt", "detection", "synth_report.json", "preview.png")
 
 
 def _prepare(out_dir: Path) -> None:
@@ -730,6 +776,7 @@ def synthesize(cfg: SynthConfig, out_dir: str | Path, logger: RunLogger = NullLo
         "config": to_dict(cfg),
     }
     report["config"].pop("workers")  # the files do not depend on it; keep the report byte-identical
+    write_preview(out_dir, labelled["train"])
     (out_dir / "synth_report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     write_manifest(out_dir, kind="synth", extra={"seed": cfg.seed})
     logger.log_metrics({"face_images": face_images, "scenes": cfg.scenes,
