@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from facepipe.data.labels import (FaceLabel, LabelledImage, image_size, load_split, read_labels,
+from facepipe.data.labels import (FaceLabel, LabelledImage, image_size, load_split, read_labels, read_wider_gt,
                                   validate_labels, write_labels)
 from facepipe.errors import DataError
 
@@ -203,3 +203,45 @@ def test_byte_order_mark_and_crlf_are_tolerated(tmp_path):
     path = tmp_path / "label.txt"
     path.write_bytes(b"\xef\xbb\xbf# a.jpg\r\n1 2 3 4\r\n")
     assert read_labels(path)[0].faces[0].box.tolist() == [1, 2, 3, 4]
+
+
+WIDER_GT = """\
+0--Parade/a.jpg
+2
+10 10 20 24 2 0 0 0 0 0 
+30 5 8 8 0 0 0 1 0 0 
+0--Parade/b.jpg
+0
+0 0 0 0 0 0 0 0 0 0 
+"""
+
+
+def test_wider_gt_converts_to_label_txt(tmp_path, capsys):
+    from facepipe.cli import main
+
+    gt = _write(tmp_path, WIDER_GT, "wider_face_train_bbx_gt.txt")
+    images = read_wider_gt(gt)
+    assert [i.path for i in images] == ["0--Parade/a.jpg", "0--Parade/b.jpg"]
+    assert images[0].faces[0].box.tolist() == [10, 10, 20, 24] and images[0].faces[0].blur == 1.0
+    assert images[1].faces == []
+    _image(tmp_path / "images" / "0--Parade" / "a", 64, 64)
+    _image(tmp_path / "images" / "0--Parade" / "b", 64, 64)
+    out = tmp_path / "label.txt"
+    assert main(["labels", str(gt), "--format", "wider-gt", "--images", str(tmp_path / "images"),
+                 "--write-clean", str(out)]) == 1  # the invalid face is dropped and counted
+    assert json.loads(capsys.readouterr().out)["boxes_dropped_zero_area"] == 1
+    back = read_labels(out)
+    assert [len(i.faces) for i in back] == [1, 0] and back[0].faces[0].landmarks is None
+
+
+@pytest.mark.parametrize("body, line, expected", [
+    ("a.jpg\nx\n", 2, "expected the number of faces"),
+    ("a.jpg\n2\n1 2 3 4 0 0 0 0 0 0\n", 4, "file ends inside a.jpg"),
+    ("a.jpg\n1\n1 2 3 4\n", 3, "4 numbers; expected 10"),
+    ("1 2 3\n", 1, "expected an image path"),
+])
+def test_malformed_wider_gt_names_file_and_line(tmp_path, body, line, expected):
+    path = _write(tmp_path, body, "gt.txt")
+    with pytest.raises(DataError) as info:
+        read_wider_gt(path)
+    assert info.value.line == line and expected in str(info.value)

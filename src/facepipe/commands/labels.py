@@ -1,4 +1,8 @@
-"""`facepipe labels PATH`: check RetinaFace/WIDER label.txt files against their images; optionally write a cleaned copy."""
+"""`facepipe labels PATH`: check RetinaFace/WIDER label.txt files against their images; write a cleaned copy.
+
+Also converts WIDER FACE's own `wider_face_*_bbx_gt.txt` (box-only) into label.txt with
+`--format wider-gt --images WIDER_train/images --write-clean train/label.txt`.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("path", metavar="PATH",
                         help="label.txt, a split folder (label.txt + images/), or a folder of split folders")
     parser.add_argument("--images", help="images folder (default: images/ beside each label.txt)")
+    parser.add_argument("--format", choices=["retinaface", "wider-gt"], default="retinaface",
+                        help="retinaface: label.txt ('# path' + face lines); wider-gt: WIDER FACE's "
+                             "wider_face_*_bbx_gt.txt (convert with --write-clean; needs --images)")
     parser.add_argument("--strict", action="store_true", help="stop at the first missing or unreadable image")
     parser.add_argument("--write-clean", metavar="LABEL_TXT",
                         help="write the usable labels (boxes clipped, zero-area boxes and missing images "
@@ -37,16 +44,19 @@ def label_files(path: Path) -> list[Path]:
 
 
 def run(args) -> int:
-    from facepipe.data.labels import read_labels, validate_labels, write_labels
+    from facepipe.data.labels import read_labels, read_wider_gt, validate_labels, write_labels
     from facepipe.errors import ConfigError
 
-    files = label_files(Path(args.path))
+    if args.format == "wider-gt" and not args.images:
+        raise ConfigError("--format wider-gt needs --images (the WIDER_*/images folder)")
+    read = read_wider_gt if args.format == "wider-gt" else read_labels
+    files = [Path(args.path)] if args.format == "wider-gt" else label_files(Path(args.path))
     if args.write_clean and len(files) != 1:
         raise ConfigError(f"--write-clean needs a single label file; {args.path} holds {len(files)}")
     status = 0
     for label_txt in files:
         images_dir = Path(args.images) if args.images else label_txt.parent / "images"
-        kept, report = validate_labels(read_labels(label_txt), images_dir, strict=args.strict)
+        kept, report = validate_labels(read(label_txt), images_dir, strict=args.strict)
         print(json.dumps({"label_file": str(label_txt), **report}))
         if any(report[k] for k in PROBLEMS):
             status = 1

@@ -158,6 +158,53 @@ def read_labels(label_txt: str | Path) -> list[LabelledImage]:
     return images
 
 
+def read_wider_gt(gt_txt: str | Path) -> list[LabelledImage]:
+    """WIDER FACE's own annotation file (`wider_face_{train,val}_bbx_gt.txt`) -> box-only labels.
+
+    Per image: the path, a face count, then one line per face
+    `x y w h blur expression illumination invalid occlusion pose` (an image with 0 faces still
+    has one line of zeros). WIDER's blur (0 clear, 1 normal, 2 heavy) becomes 0.0, 0.5, 1.0;
+    faces marked invalid are kept with zero area, so validation drops and counts them.
+    """
+    gt_txt = Path(gt_txt)
+    try:
+        lines = gt_txt.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError("WIDER annotation file not found", path=gt_txt) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read WIDER annotation file: {exc}", path=gt_txt) from None
+    images: list[LabelledImage] = []
+    i = 0
+    while i < len(lines):
+        rel = lines[i].strip()
+        if not rel:
+            i += 1
+            continue
+        if not rel.lower().endswith((".jpg", ".jpeg", ".png")):
+            raise DataError(f"{rel[:40]!r}: expected an image path (.jpg/.png)", path=gt_txt, line=i + 1)
+        if i + 1 >= len(lines) or not lines[i + 1].strip().isdigit():
+            raise DataError("expected the number of faces after the image path", path=gt_txt, line=i + 2)
+        count = int(lines[i + 1])
+        image = LabelledImage(rel)
+        for k in range(max(count, 1)):
+            line_no = i + 3 + k
+            if line_no > len(lines):
+                raise DataError(f"file ends inside {rel}: {count} face line(s) announced",
+                                path=gt_txt, line=line_no)
+            values = _numbers(lines[line_no - 1].split(), gt_txt, line_no)
+            if len(values) != 10:
+                raise DataError(f"{len(values)} numbers; expected 10 (x y w h blur expression "
+                                "illumination invalid occlusion pose)", path=gt_txt, line=line_no)
+            if count == 0:
+                continue
+            x, y, w, h, blur, _expr, _illum, invalid = values[:8]
+            box = [x, y, 0.0, 0.0] if invalid else [x, y, max(w, 0.0), max(h, 0.0)]
+            image.faces.append(FaceLabel(box=box, blur=min(max(blur, 0.0), 2.0) / 2))
+        images.append(image)
+        i += 2 + max(count, 1)
+    return images
+
+
 def _image_path(text: str) -> str:
     """`path.jpg` or `path.jpg W H` -> `path.jpg` (some exports append the image size)."""
     parts = text.rsplit(None, 2)
