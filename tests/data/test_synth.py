@@ -220,3 +220,13 @@ def test_reports_to_the_logger(tmp_path):
     metrics = {k: v for k, v, _ in logger.metrics}
     assert metrics["face_images"] == 9 and metrics["faces_per_s"] > 0
     assert not read_labels(tmp_path / "o" / "detection" / "train" / "label.txt")
+
+
+def test_every_split_gets_scenes_even_when_few_are_asked_for():
+    from facepipe.data.synth import split_of
+
+    cfg = SynthConfig(scenes=5)
+    assert [split_of(cfg, i) for i in range(5)] == ["train"] * 3 + ["val", "test"]
+    cfg = SynthConfig(scenes=100, test_fraction=0.0)
+    splits = [split_of(cfg, i) for i in range(100)]
+    assert splits.count("val") == 10 and splits.count("test") == 0

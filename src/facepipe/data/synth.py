@@ -597,8 +597,13 @@ def render_scene(cfg: SynthConfig, index: int):
 
 
 def split_of(cfg: SynthConfig, index: int) -> str:
-    n_val = int(round(cfg.scenes * cfg.val_fraction))
-    n_test = int(round(cfg.scenes * cfg.test_fraction))
+    """Scenes 0.. go to train, then val, then test; a split asked for gets at least one scene
+    when there are three or more (an empty val/ would stop a detector's evaluation)."""
+    def share(fraction: float) -> int:
+        n = int(round(cfg.scenes * fraction))
+        return max(n, 1) if fraction > 0 and cfg.scenes >= 3 else n
+
+    n_val, n_test = share(cfg.val_fraction), share(cfg.test_fraction)
     n_train = cfg.scenes - n_val - n_test
     return "train" if index < n_train else ("val" if index < n_train + n_val else "test")
 
