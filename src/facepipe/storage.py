@@ -113,6 +113,9 @@ class _NotFound(_Permanent):
     pass
 
 
+_NO_BUCKET = "bucket does not exist; create it first"
+
+
 def _attempts() -> int:
     return max(1, int(os.environ.get("FACEPIPE_STORAGE_ATTEMPTS", "5")))
 
@@ -166,6 +169,9 @@ class _LocalBackend:
     """The local filesystem: same operations, files moved into place atomically."""
 
     endpoint = "local filesystem"
+
+    def check_bucket(self, loc: Location) -> None:
+        pass
 
     def head(self, loc: Location) -> ObjectInfo | None:
         p = loc.path
@@ -261,7 +267,7 @@ class _S3Backend:
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise _NotFound(msg) from None
             if code == "NoSuchBucket":
-                raise _Permanent(f"bucket does not exist ({msg})") from None
+                raise _Permanent(f"{_NO_BUCKET} ({msg})") from None
             if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
                 raise _Permanent(f"access refused ({msg}); check AWS_ACCESS_KEY_ID / "
                                  f"AWS_SECRET_ACCESS_KEY") from None
@@ -275,13 +281,21 @@ class _S3Backend:
             # boto3's managed transfer folds the ClientError into its message.
             text = str(exc)
             if "NoSuchBucket" in text:
-                raise _Permanent(f"bucket does not exist ({text})") from None
+                raise _Permanent(f"{_NO_BUCKET} ({text})") from None
             if any(c in text for c in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch")):
                 raise _Permanent(f"access refused ({text}); check AWS_ACCESS_KEY_ID / "
                                  f"AWS_SECRET_ACCESS_KEY") from None
             raise _Transient(text) from None
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+            raise _Permanent(f"local file: {exc}") from None  # retrying cannot fix the local side
         except (BotoCoreError, OSError) as exc:
             raise _Transient(f"{type(exc).__name__}: {exc}") from None
+
+    def check_bucket(self, loc: Location) -> None:
+        try:
+            self._call(self.client.head_bucket, Bucket=loc.bucket)
+        except _NotFound:
+            raise _Permanent(f"{_NO_BUCKET} (bucket {loc.bucket!r})") from None
 
     def head(self, loc: Location) -> ObjectInfo | None:
         if not loc.key:
@@ -366,7 +380,7 @@ class _ObsBackend:
         if resp.status == 404 and resp.errorCode != "NoSuchBucket":
             raise _NotFound(msg)
         if resp.errorCode == "NoSuchBucket":
-            raise _Permanent(f"bucket does not exist ({msg})")
+            raise _Permanent(f"{_NO_BUCKET} ({msg})")
         if resp.status == 403:
             raise _Permanent(f"access refused ({msg}); check OBS_ACCESS_KEY_ID / OBS_SECRET_ACCESS_KEY")
         if resp.status >= 500 or resp.status in (408, 429):
@@ -374,13 +388,25 @@ class _ObsBackend:
         raise _Permanent(f"{what}: {msg}")
 
     def _call(self, what: str, fn, *args, **kwargs):
+        import http.client
+
         try:
             resp = fn(*args, **kwargs)
-        except (OSError, ConnectionError) as exc:
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+            raise _Permanent(f"local file: {exc}") from None
+        except (OSError, http.client.HTTPException) as exc:
             raise _Transient(f"{type(exc).__name__}: {exc}") from None
-        except Exception as exc:  # the SDK raises plain Exceptions for transport failures
-            raise _Transient(f"{type(exc).__name__}: {exc}") from None
+        except Exception as exc:
+            if type(exc) is Exception:  # the SDK wraps transport failures in plain Exceptions
+                raise _Transient(str(exc)) from None
+            raise
         return self._check(resp, what)
+
+    def check_bucket(self, loc: Location) -> None:
+        try:
+            self._call("check", self.client.headBucket, loc.bucket)
+        except _NotFound:
+            raise _Permanent(f"{_NO_BUCKET} (bucket {loc.bucket!r})") from None
 
     def head(self, loc: Location) -> ObjectInfo | None:
         if not loc.key:
@@ -603,6 +629,8 @@ def upload(local_path: str | os.PathLike, uri: str | os.PathLike, *, workers: in
     if not src.exists():
         raise StorageError(f"{src}: no such file or folder to upload")
     t0 = time.monotonic()
+    be = _backend(dst)
+    _with_retries("upload", str(dst), be.endpoint, lambda: be.check_bucket(dst))
     if src.is_file():
         if dst.is_local and dst.path.is_dir():
             dst = dst.child(src.name)

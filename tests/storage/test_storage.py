@@ -247,3 +247,11 @@ def test_cli_cp_and_ls(s3_env, tmp_path, capsys):
     assert "not a complete facepipe folder" in capsys.readouterr().out
     assert main(["storage", "cp", "s3://cli-bucket/partial", str(tmp_path / "p")]) == 2
     assert "incomplete folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scheme", ["s3", "obs"])
+def test_missing_bucket_is_named_not_retried(s3_env, obs_env, tmp_path, scheme):
+    (tmp_path / "f.txt").write_text("x")
+    for src in (tmp_path / "f.txt", tmp_path):
+        with pytest.raises(StorageError, match=rf"{scheme}://no-such-bucket/.*bucket does not exist; create it first"):
+            storage.upload(src, f"{scheme}://no-such-bucket/x", quiet=True)
