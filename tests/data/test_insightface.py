@@ -7,10 +7,13 @@ import pickle
 import cv2
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from facepipe.data.insightface import (FaceRecordSet, InsightFaceWriter, read_lst, read_property,
                                        write_property)
-from facepipe.data.recordio import IndexedRecordReader, RecordWriter, encode_image, pack_record, unpack_record
+from facepipe.data.recordio import (IndexedRecordReader, RecordWriter, encode_image, pack_record, unpack_record,
+                                    write_idx_by_scan)
 from facepipe.errors import DataError
 
 
@@ -143,6 +146,53 @@ def test_missing_files_named(tmp_path):
     with pytest.raises(DataError, match="no train.rec here"):
         FaceRecordSet(tmp_path)
     d = write_set(tmp_path / "ds")
-    (d / "train.idx").unlink()
-    with pytest.raises(DataError, match=r"train\.idx: index file not found"):
+    (d / "property").unlink()
+    (d / "property").mkdir()
+    with pytest.raises(DataError, match=r"property: cannot read: Is a directory"):
         FaceRecordSet(d)
+
+
+def test_lost_idx_is_rebuilt_by_scanning(tmp_path):
+    d = write_set(tmp_path / "ds")
+    original = (d / "train.idx").read_bytes()
+    (d / "train.idx").unlink()
+    rs = FaceRecordSet(d)
+    assert rs.reader.index_source == "scan" and rs.labels.tolist() == [0, 0, 1, 2, 2, 2]
+    assert write_idx_by_scan(d / "train.rec") == 10
+    assert (d / "train.idx").read_bytes() == original
+
+
+@pytest.fixture(scope="module")
+def clean_set(tmp_path_factory):
+    d = write_set(tmp_path_factory.mktemp("clean") / "ds", per_class=(2, 1, 2), size=16)
+    return {name: (d / name).read_bytes() for name in ("train.rec", "train.idx", "property")}
+
+
+def _open_and_read_everything(d):
+    rs = FaceRecordSet(d)
+    for i in range(len(rs)):
+        rs.decode(i)
+    rs.close()
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(target=st.sampled_from(["train.rec", "train.idx"]), edits=st.lists(
+    st.tuples(st.integers(min_value=0), st.integers(0, 255)), min_size=1, max_size=4), cut=st.booleans())
+def test_fuzz_corrupted_dataset_only_raises_data_error(tmp_path, clean_set, target, edits, cut):
+    """Flipped bytes or a cut anywhere in the .rec or .idx: a clear DataError or a dataset that still
+    reads (a flipped byte inside a JPEG can still decode), never another exception."""
+    d = tmp_path / "ds"
+    d.mkdir(exist_ok=True)
+    for name, data in clean_set.items():
+        (d / name).write_bytes(data)
+    data = bytearray(clean_set[target])
+    if cut:
+        data = data[: edits[0][0] % len(data)]
+    else:
+        for pos, value in edits:
+            data[pos % len(data)] = value
+    (d / target).write_bytes(bytes(data))
+    try:
+        _open_and_read_everything(d)
+    except DataError as exc:
+        assert "ds/" in str(exc)

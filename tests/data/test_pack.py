@@ -186,7 +186,7 @@ def test_cli_errors_exit_2_with_the_file_named(tmp_path, capsys):
     assert main(["rec-info", str(bad)]) == 2
     assert "bad.rec, byte offset 0: wrong magic" in capsys.readouterr().err
     assert main(["pack", str(tmp_path / "missing"), str(tmp_path / "o")]) == 2
-    assert "source not found" in capsys.readouterr().err
+    assert f"{tmp_path / 'missing'}: no such file or folder" in capsys.readouterr().err
 
 
 def test_workers_default_uses_all_cores(tmp_path):

@@ -10,8 +10,9 @@ _FLAGS = {"prefix": "prefix", "size": "size", "workers": "workers", "quality": "
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("src", help="identity-folder tree (SRC/<identity>/<image>) or a .lst file")
-    parser.add_argument("out", help="output folder")
+    parser.add_argument("src", help="identity-folder tree (SRC/<identity>/<image>) or a .lst file; "
+                                    "a local path, s3:// or obs://")
+    parser.add_argument("out", help="output folder: a local path, s3:// or obs:// (uploaded when complete)")
     parser.add_argument("--prefix", help="file name prefix (default train: train.rec, train.idx, train.lst)")
     parser.add_argument("--size", type=int, help="output images are SIZE x SIZE (default 112)")
     parser.add_argument("--workers", type=int, help="worker processes (default 0 = all cores)")
@@ -26,16 +27,27 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    import contextlib
     import json
 
+    from facepipe import storage
     from facepipe.config import load_config, parse_sets
     from facepipe.data.pack import PackConfig, pack
-    from facepipe.tracking import NullLogger
+    from facepipe.tracking import MlflowLogger, NullLogger, tracking_enabled
 
     sets = parse_sets(args.set)
     sets.update({key: getattr(args, flag) for flag, key in _FLAGS.items() if getattr(args, flag) is not None})
     cfg = load_config(PackConfig, args.config, sets, section="pack")
-    report = pack(cfg, args.src, args.out, logger=NullLogger(), progress=not args.quiet)
+    with contextlib.ExitStack() as stack:
+        src = stack.enter_context(storage.localize(args.src, quiet=args.quiet))
+        out = stack.enter_context(storage.output_dir(args.out, quiet=args.quiet))
+        logger = NullLogger()
+        if tracking_enabled():
+            import mlflow
+
+            stack.enter_context(mlflow.start_run(run_name="pack", nested=mlflow.active_run() is not None))
+            logger = MlflowLogger()
+        report = pack(cfg, src, out, logger=logger, progress=not args.quiet)
     summary = {k: report[k] for k in ("images_packed", "identities_packed", "images_passed_through",
                                       "skipped_count", "identities_dropped_count", "duplicate_files",
                                       "images_per_s", "workers")}

@@ -24,6 +24,7 @@ def run(args) -> int:
     for info in infos:
         print(f"{info['rec']}")
         print(f"  layout        {info['layout']}")
+        print(f"  index         {info['index']}")
         print(f"  images        {info['images']}")
         print(f"  identities    {info['identities']}")
         per = info["images_per_identity"]

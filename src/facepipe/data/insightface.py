@@ -43,6 +43,8 @@ def read_property(path: str | Path) -> tuple[int, int, int]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise DataError("property file not found (expected 'num_classes,H,W')", path=path) from None
+    except OSError as exc:
+        raise DataError(f"cannot read: {exc.strerror} (expected a 'num_classes,H,W' text file)", path=path) from None
     except UnicodeDecodeError:
         raise DataError("not a text file (expected 'num_classes,H,W')", path=path, line=1) from None
     first = next((ln for ln in lines if ln.strip()), "")
@@ -101,6 +103,8 @@ def read_lst(path: str | Path) -> tuple[str, list[LstEntry]]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DataError("list file not found", path=path) from None
+    except OSError as exc:
+        raise DataError(f"cannot read: {exc.strerror} (expected a .lst text file)", path=path) from None
     except UnicodeDecodeError as exc:
         raise DataError(f"not a text list: byte {exc.start} is not UTF-8", path=path) from None
     fmt = None
@@ -224,7 +228,8 @@ class FaceRecordSet:
     - `read(i) -> (jpeg_bytes, label)`, `decode(i) -> (BGR uint8 HxWx3, label)`
 
     A `.rec` without the InsightFace header (plain im2rec output: every record an image) is read
-    too; its labels come from the image headers (one pass over the file on open).
+    too; its labels come from the image headers (one pass over the file on open). Without
+    `PREFIX.idx` the index is rebuilt in memory by one pass over the .rec (`index_source`).
     Inconsistencies (property vs identity records, header vs index, an image whose label does
     not match its identity range) raise DataError naming the file. Safe to pickle into
     DataLoader workers: each process opens its own handle.
@@ -239,7 +244,7 @@ class FaceRecordSet:
         if not self.rec_path.exists():
             raise DataError(f"no {prefix}.rec here (expected PREFIX.rec, PREFIX.idx, property)",
                             path=self.data_dir)
-        self.reader = IndexedRecordReader(self.rec_path, self.idx_path)
+        self.reader = IndexedRecordReader(self.rec_path, self.idx_path, scan_if_missing=True)
         if 0 not in self.reader:
             raise DataError("the index has no key 0 (expected the InsightFace header record or "
                             "an image)", path=self.idx_path)
@@ -438,7 +443,7 @@ def describe(rec_path: str | Path, sample: int = 0, progress: bool = True) -> di
         if rs.property_path.exists():
             prop = ",".join(map(str, read_property(rs.property_path)))
         return {
-            "rec": str(rs.rec_path), "layout": rs.layout, "images": len(rs),
+            "rec": str(rs.rec_path), "layout": rs.layout, "index": rs.reader.index_source, "images": len(rs),
             "identities": rs.num_classes,
             "images_per_identity": {
                 "min": int(counts.min()) if len(counts) else 0,

@@ -180,6 +180,8 @@ def read_idx(idx_path: str | Path, rec_size: int | None = None) -> dict[int, int
     except FileNotFoundError:
         raise DataError("index file not found (expected key<TAB>offset lines next to the .rec)",
                         path=idx_path) from None
+    except OSError as exc:
+        raise DataError(f"cannot read: {exc.strerror} (expected a key<TAB>offset text file)", path=idx_path) from None
     except UnicodeDecodeError as exc:
         raise DataError(f"not a text index: byte {exc.start} is not UTF-8", path=idx_path) from None
     index: dict[int, int] = {}
@@ -273,6 +275,8 @@ class _Handle:
                 self._fd = os.open(self.path, os.O_RDONLY)
             except FileNotFoundError:
                 raise DataError("record file not found", path=self.path) from None
+            except OSError as exc:
+                raise DataError(f"cannot open: {exc.strerror}", path=self.path) from None
             self._pid = os.getpid()
         return self._fd
 
@@ -302,14 +306,24 @@ class IndexedRecordReader:
 
     `reader[key]` / `reader.read(key)` return the record bytes (IRHeader + payload); `keys` is the
     index order. Picklable and fork-safe: a DataLoader worker reopens the file on first use.
+
+    With `scan_if_missing=True` a missing `.idx` is rebuilt in memory by reading the .rec once,
+    keying records by their position (0, 1, 2, ...), which is how InsightFace and `facepipe
+    pack` number them; `index_source` then says "scan".
     """
 
-    def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None):
+    def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None,
+                 scan_if_missing: bool = False):
         self.rec_path = Path(rec_path)
         self.idx_path = Path(idx_path) if idx_path is not None else idx_path_for(rec_path)
         self._handle = _Handle(self.rec_path)
         self.size = self._handle.size()
-        self.index = read_idx(self.idx_path, self.size)
+        if scan_if_missing and not self.idx_path.exists():
+            self.index = {n: offset for n, (offset, _) in enumerate(iter_records(self.rec_path))}
+            self.index_source = "scan"
+        else:
+            self.index = read_idx(self.idx_path, self.size)
+            self.index_source = str(self.idx_path)
         self.keys = list(self.index)
 
     def __len__(self) -> int:
@@ -344,6 +358,16 @@ class IndexedRecordReader:
         self.close()
 
 
+def write_idx_by_scan(rec_path: str | Path, idx_path: str | Path | None = None) -> int:
+    """Rebuild a lost `.idx` (records keyed 0, 1, 2, ... in file order); returns the count."""
+    idx_path = Path(idx_path) if idx_path is not None else idx_path_for(rec_path)
+    lines = [f"{n}\t{offset}\n" for n, (offset, _) in enumerate(iter_records(rec_path))]
+    tmp = idx_path.with_name(idx_path.name + ".tmp")
+    tmp.write_text("".join(lines), encoding="utf-8")
+    os.replace(tmp, idx_path)
+    return len(lines)
+
+
 def iter_records(rec_path: str | Path, start: int = 0) -> Iterator[tuple[int, bytes]]:
     """Read a .rec front to back without an index: yields (byte offset, record bytes)."""
     rec_path = Path(rec_path)
@@ -351,6 +375,8 @@ def iter_records(rec_path: str | Path, start: int = 0) -> Iterator[tuple[int, by
         f = open(rec_path, "rb", buffering=0)
     except FileNotFoundError:
         raise DataError("record file not found", path=rec_path) from None
+    except OSError as exc:
+        raise DataError(f"cannot open: {exc.strerror}", path=rec_path) from None
     with f:
         reader = _SequentialBuffer(f, start)
         pos = start
