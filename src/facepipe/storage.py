@@ -15,7 +15,8 @@ Environment (read on each call, never logged):
   endpoint from AWS_ENDPOINT_URL or S3_ENDPOINT_URL (AWS when unset), AWS_DEFAULT_REGION.
 - ``obs://``: OBS_ACCESS_KEY_ID, OBS_SECRET_ACCESS_KEY, OBS_ENDPOINT (e.g.
   ``https://obs.cn-north-4.myhuaweicloud.com``); optional OBS_SECURITY_TOKEN, OBS_REGION,
-  OBS_SIGNATURE (``obs``, ``v2`` or ``v4``; default v4), OBS_PATH_STYLE (1/0).
+  OBS_SIGNATURE (``obs``, ``v2`` or ``v4``; default ``obs`` on
+  myhuaweicloud.com, else v4), OBS_PATH_STYLE (1/0).
 - FACEPIPE_STORAGE_ATTEMPTS (default 5), FACEPIPE_STORAGE_BACKOFF_S (first wait, default 0.5 s,
   doubling), FACEPIPE_STORAGE_WORKERS (parallel files, default 16),
   FACEPIPE_STORAGE_PART_MB (multipart part size, default 16).
@@ -321,18 +322,33 @@ class _S3Backend:
                 return
 
     def put_file(self, src: Path, loc: Location, sha256: str | None = None, on_bytes=None) -> None:
+        size = src.stat().st_size
+        if size < self.transfer.multipart_threshold:
+            # One PUT: the managed transfer's futures and threads cost more than small files do.
+            self.put_bytes(loc, src.read_bytes(), sha256)
+            if on_bytes:
+                on_bytes(size)
+            return
         extra = {"Metadata": {"sha256": sha256}} if sha256 else None
         self._call(self.client.upload_file, str(src), loc.bucket, loc.key, ExtraArgs=extra,
                    Config=self.transfer, Callback=on_bytes)
 
     def get_file(self, loc: Location, dest: Path, size: int | None = None, on_bytes=None) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
+        if size is not None and size < self.transfer.multipart_threshold:
+            tmp = dest.with_name(dest.name + ".part")
+            tmp.write_bytes(self.get_bytes(loc))
+            os.replace(tmp, dest)
+            if on_bytes:
+                on_bytes(size)
+            return
         # boto3 writes to a temporary name and renames, so dest is never half-written.
         self._call(self.client.download_file, loc.bucket, loc.key, str(dest), Config=self.transfer,
                    Callback=on_bytes)
 
-    def put_bytes(self, loc: Location, data: bytes) -> None:
-        self._call(self.client.put_object, Bucket=loc.bucket, Key=loc.key, Body=data)
+    def put_bytes(self, loc: Location, data: bytes, sha256: str | None = None) -> None:
+        extra = {"Metadata": {"sha256": sha256}} if sha256 else {}
+        self._call(self.client.put_object, Bucket=loc.bucket, Key=loc.key, Body=data, **extra)
 
     def get_bytes(self, loc: Location) -> bytes:
         r = self._call(self.client.get_object, Bucket=loc.bucket, Key=loc.key)
@@ -360,8 +376,10 @@ class _ObsBackend:
             # obs.<region>.myhuaweicloud.com names its region; test servers get the S3 default.
             region = parts[1] if len(parts) > 3 and parts[0] == "obs" else "us-east-1"
         path_style = os.environ.get("OBS_PATH_STYLE")
-        path_style = (path_style == "1") if path_style else not host.endswith("myhuaweicloud.com")
-        signature = os.environ.get("OBS_SIGNATURE", "v4")
+        # Huawei's own endpoints speak the native OBS signature; S3-compatible servers need v4.
+        native = host.endswith("myhuaweicloud.com")
+        path_style = (path_style == "1") if path_style else not native
+        signature = os.environ.get("OBS_SIGNATURE") or ("obs" if native else "v4")
         if signature not in ("obs", "v2", "v4"):
             raise StorageError(f"OBS_SIGNATURE={signature!r}: expected obs, v2 or v4")
         self.endpoint = endpoint
@@ -638,8 +656,8 @@ def upload(local_path: str | os.PathLike, uri: str | os.PathLike, *, workers: in
     else:
         report = _upload_folder(src, dst, workers or _workers(), quiet, on_file)
     report.seconds = time.monotonic() - t0
-    log.info(f"uploaded {src} -> {dst}: {report.files} files, {report.skipped} unchanged, "
-             f"{report.bytes / 1e6:.1f} MB in {report.seconds:.1f}s")
+    log.info(redact(f"uploaded {src} -> {dst}: {report.files} files, {report.skipped} unchanged, "
+             f"{report.bytes / 1e6:.1f} MB in {report.seconds:.1f}s"))
     return report
 
 
@@ -758,8 +776,8 @@ def download(uri: str | os.PathLike, local_path: str | os.PathLike, *, workers: 
     else:
         report = _download_folder(be, src, dest, workers or _workers(), quiet)
     report.seconds = time.monotonic() - t0
-    log.info(f"downloaded {src} -> {dest}: {report.files} files, {report.skipped} already present, "
-             f"{report.bytes / 1e6:.1f} MB in {report.seconds:.1f}s")
+    log.info(redact(f"downloaded {src} -> {dest}: {report.files} files, {report.skipped} already present, "
+             f"{report.bytes / 1e6:.1f} MB in {report.seconds:.1f}s"))
     return dest
 
 

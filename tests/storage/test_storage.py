@@ -255,3 +255,20 @@ def test_missing_bucket_is_named_not_retried(s3_env, obs_env, tmp_path, scheme):
     for src in (tmp_path / "f.txt", tmp_path):
         with pytest.raises(StorageError, match=rf"{scheme}://no-such-bucket/.*bucket does not exist; create it first"):
             storage.upload(src, f"{scheme}://no-such-bucket/x", quiet=True)
+
+
+@pytest.mark.parametrize("endpoint, expected", [
+    ("https://obs.cn-north-4.myhuaweicloud.com",
+     {"signature": "obs", "region": "cn-north-4", "path_style": False, "is_secure": True, "port": 443}),
+    ("http://127.0.0.1:9000",
+     {"signature": "v4", "region": "us-east-1", "path_style": True, "is_secure": False, "port": 9000}),
+])
+def test_obs_client_settings_follow_the_endpoint(monkeypatch, endpoint, expected):
+    """Huawei's endpoints get the native signature and their region; S3-compatible servers v4 + path style."""
+    monkeypatch.setenv("OBS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("OBS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv("OBS_ENDPOINT", endpoint)
+    monkeypatch.delenv("OBS_REGION", raising=False)
+    monkeypatch.delenv("OBS_SIGNATURE", raising=False)
+    client = storage._backend(storage.parse_uri("obs://bucket/x")).client
+    assert {k: getattr(client, k) for k in expected} == expected
