@@ -20,6 +20,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -194,8 +195,8 @@ def _landmarks_used(details) -> bool:
 
 
 def _work(task):
-    index, path, size, quality = task
-    return index, process_image(path, size, quality)
+    identity_no, path, size, quality = task
+    return identity_no, (None if path is None else process_image(path, size, quality))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,17 +209,29 @@ class _Identity:
     files: list[tuple[str, str]]  # (name in the .lst, path to read)
 
 
-def list_identity_tree(src: Path, skipped: list[dict]) -> list[_Identity]:
-    """SRC/<identity>/<image> sorted by name; stray files and nested folders are reported."""
-    identities = []
+def identity_folders(src: Path, skipped: list[dict]) -> list[os.DirEntry]:
+    """The identity folders of SRC in name order; stray top-level files are reported."""
+    folders = []
     for entry in sorted(os.scandir(src), key=lambda e: e.name):
         if entry.name.startswith(".") or entry.name == MANIFEST:
             continue
-        if not entry.is_dir():
+        if entry.is_dir():
+            folders.append(entry)
+        else:
             skipped.append({"file": entry.name, "reason": "not inside an identity folder"})
+    return folders
+
+
+def list_identity_tree(folders: list[os.DirEntry], skipped: list[dict]) -> Iterator[_Identity]:
+    """SRC/<identity>/<image> in name order, one folder at a time (so packing starts at once)."""
+    for entry in folders:
+        try:
+            items = sorted(os.scandir(entry.path), key=lambda e: e.name)
+        except OSError as exc:
+            skipped.append({"file": entry.name + "/", "reason": f"unreadable folder: {exc.strerror}"})
             continue
         files = []
-        for item in sorted(os.scandir(entry.path), key=lambda e: e.name):
+        for item in items:
             rel = f"{entry.name}/{item.name}"
             if item.name.startswith("."):
                 continue
@@ -226,18 +239,28 @@ def list_identity_tree(src: Path, skipped: list[dict]) -> list[_Identity]:
                 skipped.append({"file": rel + "/", "reason": "nested folder (expected SRC/<identity>/<image>)"})
                 continue
             files.append((rel, item.path))
-        identities.append(_Identity(entry.name, files))
-    return identities
+        yield _Identity(entry.name, files)
 
 
 def list_lst(lst_path: Path) -> tuple[list[_Identity], str]:
     from facepipe.data.insightface import read_lst, relative_to_lst
 
     fmt, entries = read_lst(lst_path)
-    by_label: dict[int, list[tuple[str, Path]]] = {}
+    by_label: dict[int, list[tuple[str, str]]] = {}
     for e in entries:
         by_label.setdefault(e.label, []).append((e.path, str(relative_to_lst(lst_path, e.path))))
     return [_Identity(str(label), by_label[label]) for label in sorted(by_label)], fmt
+
+
+def _tasks(identities: Iterable[_Identity], size: int, quality: int, listed: list[_Identity]):
+    """One task per image (one marker task per empty identity); `listed` grows as we go, ahead
+    of the results that refer to it."""
+    for n, ident in enumerate(identities):
+        listed.append(ident)
+        if not ident.files:
+            yield (n, None, size, quality)
+        for _, path in ident.files:
+            yield (n, path, size, quality)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,67 +288,85 @@ def pack(cfg: PackConfig, src: str | Path, out_dir: str | Path, logger: RunLogge
         raise DataError("source not found (expected an identity-folder tree or a .lst file)", path=src)
     skipped: list[dict] = []
     if src.is_dir():
-        identities, source_kind = list_identity_tree(src, skipped), "identity_tree"
+        folders = identity_folders(src, skipped)
+        identities, n_identities, source_kind = list_identity_tree(folders, skipped), len(folders), "identity_tree"
+        images_hint = None
     else:
         identities, lst_format = list_lst(src)
-        source_kind = f"lst ({lst_format})"
-    tasks = [(i, p, cfg.size, cfg.quality)
-             for i, (_, p) in enumerate(f for ident in identities for f in ident.files)]
+        n_identities, source_kind = len(identities), f"lst ({lst_format})"
+        images_hint = sum(len(i.files) for i in identities)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until we finish
     logger.log_params({k: v for k, v in dataclasses.asdict(cfg).items()})
 
-    workers = min(resolve_workers(cfg.workers), max(1, len(tasks)))
+    workers = resolve_workers(cfg.workers)
+    if images_hint is not None:
+        workers = min(workers, max(1, images_hint))
     t0 = time.monotonic()
-    report = {
-        "source": source_kind,
-        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "workers"},
-        "images_seen": len(tasks),
-    }
     packed_lst: list[tuple[str, int]] = []
     dropped: list[dict] = []
     digests: dict[str, list[tuple[str, str]]] = {}
     alignment: list[dict] = []
-    passthrough = 0
+    counts = {"seen": 0, "passthrough": 0}
+    listed: list[_Identity] = []
 
     writer = InsightFaceWriter(out_dir, cfg.prefix)
-    bar = Progress(len(tasks), "pack", unit="img", enabled=progress)
+    bar = Progress(n_identities, "pack", unit="id", enabled=progress)
+
+    def finish(ident: _Identity, usable: list) -> None:
+        bar.update(1, images=counts["seen"])
+        if len(usable) < cfg.min_images:
+            reason = ("empty folder" if not ident.files else
+                      f"{len(usable)} usable image(s), fewer than min_images={cfg.min_images}")
+            dropped.append({"identity": ident.name, "images": len(usable), "reason": reason})
+            return
+        class_id = writer.num_classes
+        for rel, (_, jpeg, _, was_passthrough, used_landmarks) in usable:
+            writer.add(jpeg, class_id)
+            packed_lst.append((rel, class_id))
+            counts["passthrough"] += bool(was_passthrough)
+            if cfg.detector:
+                landmarks, status = used_landmarks
+                alignment.append({"file": rel, "landmarks": landmarks, "status": status})
+
     try:
-        results = _run(tasks, workers, cfg.detector)
-        for ident in identities:
-            usable = []
-            for rel, _ in ident.files:
-                _, result = next(results)
-                bar.update(1)
-                digest = result[2]
-                if digest is not None:
-                    digests.setdefault(digest, []).append((rel, ident.name))
-                if result[0] == "skip":
-                    skipped.append({"file": rel, "reason": result[1]})
-                else:
-                    usable.append((rel, result))
-            if len(usable) < cfg.min_images:
-                reason = ("empty folder" if not ident.files else
-                          f"{len(usable)} usable image(s), fewer than min_images={cfg.min_images}")
-                dropped.append({"identity": ident.name, "images": len(usable), "reason": reason})
+        current, usable, j = -1, [], 0
+        for n, result in _run(_tasks(identities, cfg.size, cfg.quality, listed), workers, cfg.detector):
+            if n != current:
+                if current >= 0:
+                    finish(listed[current], usable)
+                current, usable, j = n, [], 0
+            if result is None:  # an empty identity
                 continue
-            class_id = writer.num_classes
-            for rel, (_, jpeg, _, was_passthrough, used_landmarks) in usable:
-                writer.add(jpeg, class_id)
-                packed_lst.append((rel, class_id))
-                passthrough += bool(was_passthrough)
-                if cfg.detector:
-                    landmarks, status = used_landmarks
-                    alignment.append({"file": rel, "landmarks": landmarks, "status": status})
+            rel = listed[n].files[j][0]
+            j += 1
+            counts["seen"] += 1
+            digest = result[2]
+            if digest is not None:
+                digests.setdefault(digest, []).append((rel, listed[n].name))
+            if result[0] == "skip":
+                skipped.append({"file": rel, "reason": result[1]})
+            else:
+                usable.append((rel, result))
+        if current >= 0:
+            finish(listed[current], usable)
     finally:
         bar.close()
         writer.close()
+    # listing and packing report skips from two threads: sort for a deterministic report
+    skipped.sort(key=lambda s: s["file"])
+    passthrough = counts["passthrough"]
+    report = {
+        "source": source_kind,
+        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "workers"},
+        "images_seen": counts["seen"],
+    }
 
     if writer.num_images == 0:
         (out_dir / f"{cfg.prefix}.rec").unlink(missing_ok=True)
         (out_dir / f"{cfg.prefix}.idx").unlink(missing_ok=True)
         reasons = sorted({s["reason"] for s in skipped} | {d["reason"] for d in dropped})
-        raise DataError(f"no images packed: {len(tasks)} file(s) seen, {len(skipped)} skipped, "
+        raise DataError(f"no images packed: {counts['seen']} file(s) seen, {len(skipped)} skipped, "
                         f"{len(dropped)} identities dropped ({'; '.join(reasons[:3]) or 'nothing found'})",
                         path=src)
 
@@ -361,15 +402,19 @@ def pack(cfg: PackConfig, src: str | Path, out_dir: str | Path, logger: RunLogge
     metrics = {"images_packed": writer.num_images, "identities_packed": writer.num_classes,
                "skipped_count": len(skipped), "identities_dropped_count": len(dropped),
                "duplicate_files": report["duplicate_files"], "images_passed_through": passthrough,
-               "seconds": round(seconds, 3), "images_per_s": round(len(tasks) / max(seconds, 1e-9), 1)}
+               "seconds": round(seconds, 3), "images_per_s": round(counts["seen"] / max(seconds, 1e-9), 1)}
     logger.log_metrics(metrics)
     logger.log_artifact(out_dir / REPORT)
     return {**report, **metrics, "workers": workers}
 
 
-def _run(tasks, workers: int, detector: str | None):
-    """Yield (index, result) in task order, from a process pool or in this process."""
-    if workers <= 1 or len(tasks) < 2:
+def _run(tasks: Iterator[tuple], workers: int, detector: str | None):
+    """Yield (identity number, result) in task order, from a process pool or in this process.
+
+    `tasks` is consumed lazily (by the pool's feeder thread), so listing a large tree overlaps
+    with packing it.
+    """
+    if workers <= 1:
         _init_worker(detector, in_pool=False)
         try:
             for task in tasks:
@@ -380,9 +425,8 @@ def _run(tasks, workers: int, detector: str | None):
     if detector:
         _load_aligner(detector)  # fail here with a clear error, not in a pool initializer (it would respawn)
     ctx = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
-    chunk = max(1, min(64, len(tasks) // (workers * 8)))
     with ctx.Pool(workers, initializer=_init_worker, initargs=(detector,)) as pool:
-        yield from pool.imap(_work, tasks, chunksize=chunk)
+        yield from pool.imap(_work, tasks, chunksize=16)
 
 
 def _reset_worker() -> None:
