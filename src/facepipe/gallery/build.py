@@ -197,10 +197,31 @@ def enrol(cfg: GalleryConfig, data_dir, recognizer, aligner, desc: str = "enroll
     return names, emb, labels, records, report
 
 
-def gallery_from_tree(cfg: GalleryConfig, data_dir, recognizer, aligner):
-    """An in-memory gallery of the identity folders in `data_dir`, and its problem report."""
+def make_gallery(cfg: GalleryConfig, names: list[str], embeddings: np.ndarray, labels: np.ndarray,
+                 records: list[dict], recognizer, aligner, source: str,
+                 calibration_embeddings: np.ndarray | None = None):
+    """An in-memory gallery (indexed and calibrated) of already embedded identities."""
     from facepipe.gallery.store import FORMAT_VERSION, Gallery
 
+    meta = {
+        "format": FORMAT_VERSION, "recognizer_digest": recognizer.digest,
+        "detector_digest": aligner.digest, "embedding_size": int(recognizer.embedding_size),
+        "input_size": input_size_of(recognizer), "template": cfg.template, "dtype": cfg.dtype,
+        "index": cfg.index, "ivf_nlist": cfg.ivf_nlist, "ivf_nprobe": cfg.ivf_nprobe,
+        "hnsw_m": cfg.hnsw_m, "hnsw_ef_search": cfg.hnsw_ef_search, "target_far": cfg.target_far,
+        "alignment": "landmarks" if aligner.detector is not None else "center_crop",
+        "config": to_dict(cfg), "source": source,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    calib = None if calibration_embeddings is None else calibration_embeddings.astype(cfg.dtype)
+    gallery = Gallery(meta=meta, identities=list(names), image_embeddings=embeddings.astype(cfg.dtype),
+                      image_identity=np.asarray(labels, np.int32), images=records, calibration_embeddings=calib)
+    gallery.reindex()
+    return gallery
+
+
+def gallery_from_tree(cfg: GalleryConfig, data_dir, recognizer, aligner):
+    """An in-memory gallery of the identity folders in `data_dir`, and its problem report."""
     names, emb, labels, records, report = enrol(cfg, data_dir, recognizer, aligner)
     if not names:
         raise DataError(f"no identity has a usable face image (no face in {len(report['no_face'])} images, "
@@ -210,20 +231,7 @@ def gallery_from_tree(cfg: GalleryConfig, data_dir, recognizer, aligner):
     if cfg.calibration_dir:
         _, calibration_emb, _, _, _ = enrol(cfg, cfg.calibration_dir, recognizer, aligner,
                                             desc="calibration split")
-    meta = {
-        "format": FORMAT_VERSION, "recognizer_digest": recognizer.digest,
-        "detector_digest": aligner.digest, "embedding_size": int(recognizer.embedding_size),
-        "input_size": input_size_of(recognizer), "template": cfg.template, "dtype": cfg.dtype,
-        "index": cfg.index, "ivf_nlist": cfg.ivf_nlist, "ivf_nprobe": cfg.ivf_nprobe,
-        "hnsw_m": cfg.hnsw_m, "hnsw_ef_search": cfg.hnsw_ef_search, "target_far": cfg.target_far,
-        "alignment": "landmarks" if aligner.detector is not None else "center_crop",
-        "config": to_dict(cfg), "source": str(data_dir),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    gallery = Gallery(meta=meta, identities=names, image_embeddings=emb.astype(cfg.dtype),
-                      image_identity=labels, images=records,
-                      calibration_embeddings=None if calibration_emb is None else calibration_emb.astype(cfg.dtype))
-    gallery.reindex()
+    gallery = make_gallery(cfg, names, emb, labels, records, recognizer, aligner, str(data_dir), calibration_emb)
     report.update({"identities": len(names), "rows": gallery.index.size,
                    "threshold": gallery.threshold, "calibration": gallery.calibration})
     return gallery, report
