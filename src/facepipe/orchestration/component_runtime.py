@@ -133,15 +133,28 @@ class _ChildRun:
         from facepipe import tracking
 
         parent = parent_run_id or os.environ.get(PARENT_ENV, "")
-        self.run_id = tracking.start_step_run(parent or None, step, dict(params))
+        self.params = dict(params)
+        self.run_id = tracking.start_step_run(parent or None, step, None, tags={k: v for k, v in tags.items() if v})
         self.logger = tracking.MlflowLogger(self.run_id)
-        self.logger.set_tags({k: v for k, v in tags.items() if v})
 
     def finish(self, status: str) -> None:
-        if self.run_id:
-            import mlflow
+        if not self.run_id:
+            return
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
 
-            mlflow.tracking.MlflowClient().set_terminated(self.run_id, status)
+        from facepipe.secrets import redact_params
+        from facepipe.tracking import end_run
+
+        # The config as params, after the step: a step may log (some of) them itself, and MLflow
+        # refuses a param logged twice with different spellings of the same value.
+        client = MlflowClient()
+        logged = client.get_run(self.run_id).data.params
+        params = [Param(k, ("" if v is None else str(v))[:6000])
+                  for k, v in sorted(redact_params(self.params).items()) if k not in logged]
+        for i in range(0, len(params), 100):
+            client.log_batch(self.run_id, params=params[i:i + 100])
+        end_run(self.run_id, status)
 
 
 def run_step(step: str, config: Mapping[str, Any], inputs: Mapping[str, str | None], out_dir: str,
@@ -203,7 +216,7 @@ def run_step(step: str, config: Mapping[str, Any], inputs: Mapping[str, str | No
             if child.run_id:
                 child.logger.set_tags({"facepipe.published": target})
     except BaseException:
-        child.finish("FAILED" if child.run_id else "")
+        child.finish("FAILED")
         raise
     child.finish("FINISHED")
     return result

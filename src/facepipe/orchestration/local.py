@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import secrets
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,9 @@ RUN_RECORD = "run.json"
 
 
 def runs_dir(path: str | Path | None = None) -> Path:
-    return Path(path or os.environ.get(RUNS_ENV) or "runs").resolve()
+    from facepipe.tracking import project_dir
+
+    return Path(path or os.environ.get(RUNS_ENV) or project_dir() / "runs").resolve()
 
 
 def new_run_id() -> str:
@@ -50,17 +51,6 @@ def new_run_id() -> str:
 
 def file_digest(path: Path) -> str:
     return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
 
 
 class PipelineSpec:
@@ -119,13 +109,17 @@ class PipelineSpec:
                 sections.add(name.split("__", 1)[0])
         return sorted(sections)
 
-    def check_parameters(self, names: Iterable[str]) -> None:
-        missing = sorted(set(names) - set(self.parameters))
-        extra = sorted(set(self.parameters) - set(names))
-        if missing or extra:
+    def check_parameters(self, parameters: dict) -> None:
+        """Refuse a spec whose parameters (names, types) no longer match the step configs."""
+        kfp_types = {int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE", bool: "BOOLEAN", str: "STRING"}
+        missing = sorted(set(parameters) - set(self.parameters))
+        extra = sorted(set(self.parameters) - set(parameters))
+        retyped = sorted(name for name, p in parameters.items() if name in self.parameters
+                         and self.parameters[name].get("parameterType") != kfp_types[p.kind])
+        if missing or extra or retyped:
             raise ConfigError(
-                f"{self.path} does not match the step configs (missing {missing[:8]}, unexpected {extra[:8]}): "
-                "it is stale; run `make compile`")
+                f"{self.path} does not match the step configs (missing {missing[:8]}, unexpected {extra[:8]}, "
+                f"type changed {retyped[:8]}): it is stale; run `make compile`")
 
     def variant(self, no_cache: Iterable[str] = (), retries: bool = False) -> str:
         """The spec's YAML with caching off for some tasks and (locally) no retries."""
@@ -196,7 +190,7 @@ def find_run(run_id: str, root: str | Path | None = None) -> RunRecord:
     raise ConfigError(f"run {run_id!r} not found in {base}; recent runs: {known}")
 
 
-def _task_states(spec: PipelineSpec, kfp_root: Path) -> dict[str, str]:
+def _task_states(spec: PipelineSpec, kfp_root: Path, finished: bool) -> dict[str, str]:
     """executed / reused / failed / not run, from what the tasks left in this run's pipeline root."""
     run_folders = sorted(kfp_root.glob(f"{spec.name}-*"))
     here = run_folders[-1] if run_folders else None
@@ -207,6 +201,8 @@ def _task_states(spec: PipelineSpec, kfp_root: Path) -> dict[str, str]:
             states[task] = "executed"
         elif folder is not None and folder.exists():
             states[task] = "failed"
+        elif here is None and not finished:
+            states[task] = "not run"  # the run stopped before any task
         else:
             states[task] = "reused"
     # A task after a failure did not run, though it left no folder either.
@@ -227,12 +223,24 @@ def _data_digest(data_dir: str | None) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
-def _tracking_setup() -> str:
-    from facepipe import tracking
-
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri()
-    os.environ["MLFLOW_TRACKING_URI"] = uri  # the step subprocesses inherit it
+def _tracking_setup(base: Path) -> str:
+    """MLFLOW_TRACKING_URI, else the runs folder's sqlite store; exported for the step processes."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{base / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
     return uri
+
+
+def _log_params(run_id: str, values: dict[str, Any]) -> None:
+    """All pipeline parameters on the parent run, in one call (a hundred single calls take seconds)."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    from facepipe.secrets import redact_params
+
+    params = [Param(k, ("" if v is None else str(v))[:6000]) for k, v in sorted(redact_params(values).items())]
+    client = MlflowClient()
+    for i in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[i:i + 100])
 
 
 def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, *,
@@ -269,15 +277,15 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
     if track:
         from facepipe import tracking
 
-        uri = _tracking_setup()
-        tags = {"facepipe.local_run_id": record.id, "facepipe.git_commit": git_commit(),
+        uri = _tracking_setup(base)
+        tags = {"facepipe.local_run_id": record.id, "facepipe.git_commit": tracking.git_commit(),
                 "facepipe.pipeline_digest": record.pipeline_digest,
                 **{f"facepipe.image.{k}": v for k, v in image_digests().items()}}
         if from_run:
             tags.update({"facepipe.rerun_of": from_run, "facepipe.rerun_step": rerun_step or ""})
         parent_id = tracking.start_pipeline_run(experiment, tags)
         os.environ[PARENT_ENV] = parent_id
-        tracking.MlflowLogger(parent_id).log_params(values)
+        _log_params(parent_id, values)
         record.mlflow = {"tracking_uri": uri, "experiment": experiment, "parent_run_id": parent_id}
         record.save(folder)
 
@@ -297,7 +305,7 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
     finally:
         record.seconds = round(time.time() - started, 2)
         record.end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        record.steps = _task_states(spec, folder / "kfp")
+        record.steps = _task_states(spec, folder / "kfp", record.status == "succeeded")
         record.save(folder)
         if parent_id:
             _finish_parent(parent_id, record)
@@ -311,9 +319,7 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
 
 
 def _finish_parent(parent_id: str, record: RunRecord) -> None:
-    import mlflow
-
-    from facepipe.tracking import MlflowLogger
+    from facepipe.tracking import MlflowLogger, end_run
 
     logger = MlflowLogger(parent_id)
     logger.set_tags({**{f"facepipe.step.{k}": v for k, v in record.steps.items()},
@@ -324,7 +330,7 @@ def _finish_parent(parent_id: str, record: RunRecord) -> None:
         logger.log_metrics(json.loads(Path(metrics_path).read_text()))
     logger.log_metrics({"pipeline_seconds": record.seconds})
     status = {"succeeded": "FINISHED", "interrupted": "KILLED"}.get(record.status, "FAILED")
-    mlflow.tracking.MlflowClient().set_terminated(parent_id, status)
+    end_run(parent_id, status)
 
 
 def _pipeline_steps(spec: PipelineSpec) -> list[str]:
