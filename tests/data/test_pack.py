@@ -215,3 +215,18 @@ def test_detector_alignment_is_recorded_per_image(tmp_path):
     assert all(isinstance(a["landmarks"], bool) and a["status"] for a in report["alignment"])
     assert report["aligned_with_landmarks"] + report["aligned_without_landmarks"] == 3
     assert FaceRecordSet(tmp_path / "out").decode(2)[0].shape == (32, 32, 3)
+
+
+def test_pack_from_insightface_lst_and_unpack_by_class(tmp_path, capsys):
+    make_tree(tmp_path / "imgs", {"p": 1, "q": 2})
+    lst = tmp_path / "faces.lst"
+    lst.write_text(f"1\t{tmp_path}/imgs/q/00.jpg\t4\n1\timgs/p/00.jpg\t2\n1\timgs/q/01.jpg\t4\n")
+    report = pack(cfg(), lst, tmp_path / "out", progress=False)
+    assert report["source"] == "lst (insightface)" and report["identities_packed"] == 2
+    assert FaceRecordSet(tmp_path / "out").labels.tolist() == [0, 1, 1]
+    assert main(["unpack", str(tmp_path / "out"), str(tmp_path / "tree"), "--names", "class", "--quiet"]) == 0
+    assert sorted(p.relative_to(tmp_path / "tree").as_posix() for p in (tmp_path / "tree").rglob("*.jpg")) == [
+        "00000/00000001.jpg", "00001/00000002.jpg", "00001/00000003.jpg"]
+    assert main(["rec-info", str(tmp_path / "out" / "train.rec")]) == 0
+    text = capsys.readouterr().out
+    assert "images        3" in text and "identities    2" in text and "32x32 x3" in text

@@ -161,3 +161,10 @@ def test_reader_works_in_forked_and_spawned_workers(tmp_path):
         for (_, keys), (_, got) in zip(jobs, results):
             assert got == [payloads[k] for k in keys]
     assert reader.read(39) == payloads[39]
+
+
+def test_corrupt_length_is_refused_before_reading(tmp_path):
+    rec = tmp_path / "len.rec"
+    rec.write_bytes(M + lrec(0, (1 << 29) - 1) + b"tiny")
+    with pytest.raises(DataError, match=r"byte offset 0: record cut short: expected 536870912 bytes of data, found 4"):
+        list(iter_records(rec))

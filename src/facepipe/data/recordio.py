@@ -78,8 +78,8 @@ def _magic_positions(payload: bytes) -> list[int]:
     return (np.flatnonzero(words == MAGIC) * 4).tolist()
 
 
-def _unframe(read, offset: int, path) -> tuple[bytes, int]:
-    """Read one record starting at `offset` with `read(offset, n) -> bytes`.
+def _unframe(read, offset: int, path, size: int) -> tuple[bytes, int]:
+    """Read one record starting at `offset` with `read(offset, n) -> bytes` from a `size`-byte file.
 
     Returns (payload, offset of the next record). Raises DataError naming the byte offset for a
     wrong magic, a bad continuation flag or a record cut short.
@@ -102,10 +102,11 @@ def _unframe(read, offset: int, path) -> tuple[bytes, int]:
             raise DataError(f"continuation flag {cflag} where {' or '.join(map(str, expected))} was "
                             f"expected (corrupt record)", path=path, offset=pos)
         padded = length + (-length % 4)
+        # Checked before reading: a corrupt length must not make us allocate up to 512 MB.
+        if pos + 8 + padded > size:
+            raise DataError(f"record cut short: expected {padded} bytes of data, found "
+                            f"{max(size - pos - 8, 0)} (the .rec is truncated)", path=path, offset=pos)
         data = read(pos + 8, padded)
-        if len(data) < padded:
-            raise DataError(f"record cut short: expected {padded} bytes of data, found {len(data)} "
-                            f"(the .rec is truncated)", path=path, offset=pos)
         parts.append(data[:length])
         pos += 8 + padded
         if cflag in (0, 3):
@@ -339,13 +340,13 @@ class IndexedRecordReader:
             raise DataError(f"key {key} is not in the index", path=self.idx_path) from None
 
     def read(self, key: int) -> bytes:
-        payload, _ = _unframe(self._handle.read, self.offset(key), self.rec_path)
+        payload, _ = _unframe(self._handle.read, self.offset(key), self.rec_path, self.size)
         return payload
 
     __getitem__ = read
 
     def read_at(self, offset: int) -> bytes:
-        payload, _ = _unframe(self._handle.read, offset, self.rec_path)
+        payload, _ = _unframe(self._handle.read, offset, self.rec_path, self.size)
         return payload
 
     def close(self) -> None:
@@ -378,11 +379,12 @@ def iter_records(rec_path: str | Path, start: int = 0) -> Iterator[tuple[int, by
     except OSError as exc:
         raise DataError(f"cannot open: {exc.strerror}", path=rec_path) from None
     with f:
+        size = os.fstat(f.fileno()).st_size
         reader = _SequentialBuffer(f, start)
         pos = start
         while reader.read(pos, 1):
             start_of_record = pos
-            payload, pos = _unframe(reader.read, pos, rec_path)
+            payload, pos = _unframe(reader.read, pos, rec_path, size)
             yield start_of_record, payload
 
 
