@@ -19,7 +19,7 @@ from facepipe.orchestration.params import RUN_PARAMETERS, pipeline_parameters
 PIPELINE_NAME = "facepipe"
 # Steps that are pipeline parameters' sections, in pipeline order (synth is pack's data source).
 # Grows as the steps land; the pipeline works at every stage.
-STEPS = ["synth", "pack", "train_detection", "train_recognition", "build_gallery"]
+STEPS = ["synth", "pack", "train_detection", "train_recognition", "build_gallery", "evaluate"]
 
 # Kubernetes secrets the tasks read credentials from (created once per namespace; docs/pipeline.md).
 SECRETS = {

@@ -80,7 +80,7 @@ def test_every_step_executes_and_outputs_are_published_to_obs(first_run, obs_ser
         assert Path(record["outputs"][name], "manifest.json").exists(), name
     assert Path(record["outputs"]["recognizer"], "model.pt").exists()
     with obs_server.env():
-        for step in ("pack", "train_detection", "train_recognition", "build_gallery"):
+        for step in ("pack", "train_detection", "train_recognition", "build_gallery", "evaluate"):
             assert storage.is_complete(f"obs://facepipe-out/first/{step}"), step
     # The summary says where things are.
     assert record["outputs"]["recognizer"] in done.stdout and record["mlflow"]["parent_run_id"] in done.stdout
@@ -100,7 +100,7 @@ def test_mlflow_parent_child_runs_and_registered_models(first_run, services_env)
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     by_step = {c.data.tags["facepipe.step"]: c for c in children}
-    assert {"pack", "train_detection", "train_recognition", "build_gallery"} <= set(by_step)
+    assert {"pack", "train_detection", "train_recognition", "build_gallery", "evaluate"} <= set(by_step)
     recognition = by_step["train_recognition"]
     assert recognition.info.status == "FINISHED"
     assert recognition.data.params["backbone"] == "mobilefacenet"
@@ -113,18 +113,19 @@ def test_mlflow_parent_child_runs_and_registered_models(first_run, services_env)
         assert any(v.run_id == by_step[step].info.run_id for v in versions), name
 
 
-def test_rerun_last_step_executes_only_it(first_run, services_env):
+def test_rerun_evaluate_executes_only_evaluate(first_run, services_env):
     runs, record, _ = first_run
-    done = facepipe("rerun", "build_gallery", "--from", record["id"], "--set", "batch_size=8",
+    done = facepipe("rerun", "evaluate", "--from", record["id"], "--set", "batch_size=8",
                     "--runs-dir", str(runs), "--experiment", "tiny-e2e", env=services_env)
     rerun = max((json.loads(p.read_text()) for p in runs.glob("*/run.json")), key=lambda r: r["start"] + r["id"])
     assert rerun["id"] != record["id"]
-    assert rerun["steps"]["build-gallery"] == "executed"
-    assert {s for t, s in rerun["steps"].items() if t != "build-gallery"} == {"reused"}, rerun["steps"]
+    assert rerun["steps"]["evaluate"] == "executed"
+    assert {s for t, s in rerun["steps"].items() if t != "evaluate"} == {"reused"}, rerun["steps"]
     # Upstream artifacts are the earlier run's, not recomputed.
     assert rerun["outputs"]["recognizer"] == record["outputs"]["recognizer"]
-    assert rerun["outputs"]["gallery"] != record["outputs"]["gallery"]
-    assert rerun["arguments"]["build_gallery__batch_size"] == 8
+    assert rerun["outputs"]["gallery"] == record["outputs"]["gallery"]
+    assert rerun["outputs"]["evaluation"] != record["outputs"]["evaluation"]
+    assert rerun["arguments"]["evaluate__batch_size"] == 8
     parent = mlflow_client(services_env).get_run(rerun["mlflow"]["parent_run_id"])
     assert parent.data.tags["facepipe.rerun_of"] == record["id"]
     assert "reused" in done.stdout

@@ -29,14 +29,22 @@ def print_summary(record, root) -> None:
     for task, state in record.steps.items():
         print(f"  {task:20s} {state}")
     if record.outputs:
+        import json
+
+        order = ["data", "records", "detector", "recognizer", "gallery", "evaluation", "metrics", "report"]
         print("outputs:")
-        for name, path in record.outputs.items():
-            print(f"  {name:12s} {path}")
+        for name in sorted(record.outputs, key=lambda n: order.index(n) if n in order else len(order)):
+            print(f"  {name:12s} {record.outputs[name]}")
         evaluation = record.outputs.get("evaluation")
         if evaluation and Path(evaluation).is_dir():
-            pngs = sorted(Path(evaluation).rglob("*.png"))
-            if pngs:
-                print(f"  {'plots':12s} {', '.join(str(p) for p in pngs[:6])}")
+            for png in sorted(Path(evaluation).rglob("*.png"))[:8]:
+                print(f"  {'plot':12s} {png}")
+        metrics = record.outputs.get("metrics")
+        if metrics and Path(metrics).is_file():
+            print("metrics:")
+            for key, value in sorted(json.loads(Path(metrics).read_text()).items()):
+                if key.split(".")[0] in ("verification", "identification", "detection"):
+                    print(f"  {key:36s} {value:.4g}")
     if record.mlflow:
         print(f"MLflow: parent run {record.mlflow['parent_run_id']} in experiment "
               f"{record.mlflow['experiment']!r} at {record.mlflow['tracking_uri']} (make mlflow-ui)")
