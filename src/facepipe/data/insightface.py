@@ -140,13 +140,18 @@ def read_lst(path: str | Path) -> tuple[str, list[LstEntry]]:
     return fmt, entries
 
 
+def lst_line(path: str, label: int) -> str:
+    """One line in the InsightFace order `1<TAB>path<TAB>label`."""
+    if "\t" in path or "\n" in path:
+        raise DataError(f"path {path!r} contains a tab or newline; a .lst cannot hold it")
+    return f"1\t{path}\t{int(label)}\n"
+
+
 def write_lst(path: str | Path, items: list[tuple[str, int]]) -> None:
     """Write (path, label) pairs in the InsightFace order `1<TAB>path<TAB>label`."""
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         for p, label in items:
-            if "\t" in p or "\n" in p:
-                raise DataError(f"path {p!r} contains a tab or newline; a .lst cannot hold it")
-            f.write(f"1\t{p}\t{int(label)}\n")
+            f.write(lst_line(p, label))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,5 +525,5 @@ def unpack(rec_path: str | Path, out_dir: str | Path, names: str = "auto", progr
             "names": "lst" if lst_names is not None else "class", "out": str(out_dir)}
 
 
-__all__ = ["describe", "unpack", "FaceRecordSet", "InsightFaceWriter", "LstEntry", "read_lst", "write_lst", "read_property",
+__all__ = ["describe", "unpack", "FaceRecordSet", "InsightFaceWriter", "LstEntry", "read_lst", "write_lst", "lst_line", "read_property",
            "write_property", "detect_lst_format", "find_rec", "open_rec", "relative_to_lst"]

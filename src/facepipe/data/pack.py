@@ -109,6 +109,12 @@ def _init_worker(detector: str | None, in_pool: bool = True) -> None:
 
         cv2.setNumThreads(1)  # parallelism comes from the processes
     _ALIGNER = _load_aligner(detector) if detector else None
+    if detector:
+        import torch
+
+        # One thread per process; and the same thread count for every worker count, so the
+        # detector's float results (and the aligned pixels) do not depend on --workers.
+        torch.set_num_threads(1)
 
 
 def _load_aligner(detector: str):
@@ -137,8 +143,8 @@ def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
 def process_image(path: str, size: int, quality: int) -> tuple:
     """Read, check and convert one source image.
 
-    Returns ("ok", jpeg_bytes, sha256, passthrough, (used_landmarks, aligner status) | None)
-    or ("skip", reason, sha256 | None).
+    Returns ("ok", jpeg_bytes, sha256 digest, passthrough, (used_landmarks, aligner status) | None)
+    or ("skip", reason, sha256 digest | None).
     """
     import cv2
 
@@ -147,7 +153,7 @@ def process_image(path: str, size: int, quality: int) -> tuple:
             data = f.read()
     except OSError as exc:
         return ("skip", f"unreadable: {exc.strerror or exc.__class__.__name__}", None)
-    digest = hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256(data).digest()
     if not data:
         return ("skip", "empty file", digest)
     info = jpeg_info(data)
@@ -276,20 +282,112 @@ def resolve_workers(workers: int) -> int:
         return max(1, os.cpu_count() or 1)
 
 
+class _Duplicates:
+    """Content hashes of every file read: 32 bytes a file, so millions of images fit."""
+
+    def __init__(self):
+        self._digests = bytearray()
+        self._files: list[str] = []
+        self._identities: list[str] = []
+
+    def add(self, digest: bytes, rel: str, identity: str) -> None:
+        self._digests += digest
+        self._files.append(rel)
+        self._identities.append(identity)
+
+    def groups(self) -> list[dict]:
+        """Files with identical bytes, by digest order; files in the order they were read."""
+        if not self._files:
+            return []
+        digests = np.frombuffer(bytes(self._digests), dtype="V32")
+        _, inverse, counts = np.unique(digests, return_inverse=True, return_counts=True)
+        groups: dict[int, list[int]] = {}
+        for i in np.flatnonzero(counts[inverse] > 1).tolist():
+            groups.setdefault(int(inverse[i]), []).append(i)
+        return [{"sha256": bytes(self._digests[m[0] * 32:m[0] * 32 + 32]).hex(),
+                 "files": [self._files[i] for i in m],
+                 "identities": sorted({self._identities[i] for i in m})}
+                for _, m in sorted(groups.items())]
+
+
+class _Packer:
+    """The parent's side of packing: group worker results by identity, write them in order."""
+
+    def __init__(self, cfg: PackConfig, out_dir: Path, n_identities: int, progress: bool):
+        from facepipe.data.insightface import InsightFaceWriter
+
+        self.cfg = cfg
+        self.writer = InsightFaceWriter(out_dir, cfg.prefix)
+        self.lst_tmp = out_dir / f"{cfg.prefix}.lst.tmp"
+        self.lst = open(self.lst_tmp, "w", encoding="utf-8", newline="\n")
+        self.bar = Progress(n_identities, "pack", unit="id", enabled=progress)
+        self.skipped: list[dict] = []
+        self.dropped: list[dict] = []
+        self.alignment: list[dict] = []
+        self.duplicates = _Duplicates()
+        self.seen = self.passthrough = 0
+
+    def run(self, results: Iterator[tuple], listed: list) -> None:
+        """`results` are (identity number, result) in order; `listed[n]` is identity n."""
+        current, usable, j = -1, [], 0
+        for n, result in results:
+            if n != current:
+                if current >= 0:
+                    self.finish(listed[current], usable)
+                    listed[current] = None  # done with its file list: memory stays flat
+                current, usable, j = n, [], 0
+            if result is None:  # an empty identity
+                continue
+            rel = listed[n].files[j][0]
+            j += 1
+            self.seen += 1
+            if result[2] is not None:
+                self.duplicates.add(result[2], rel, listed[n].name)
+            if result[0] == "skip":
+                self.skipped.append({"file": rel, "reason": result[1]})
+            else:
+                usable.append((rel, result))
+        if current >= 0:
+            self.finish(listed[current], usable)
+
+    def finish(self, ident: _Identity, usable: list) -> None:
+        from facepipe.data.insightface import lst_line
+
+        self.bar.update(1, images=self.seen)
+        if len(usable) < self.cfg.min_images:
+            reason = ("empty folder" if not ident.files else
+                      f"{len(usable)} usable image(s), fewer than min_images={self.cfg.min_images}")
+            self.dropped.append({"identity": ident.name, "images": len(usable), "reason": reason})
+            return
+        class_id = self.writer.num_classes
+        for rel, (_, jpeg, _, was_passthrough, used_landmarks) in usable:
+            self.writer.add(jpeg, class_id)
+            self.lst.write(lst_line(rel, class_id))
+            self.passthrough += bool(was_passthrough)
+            if self.cfg.detector:
+                landmarks, status = used_landmarks
+                self.alignment.append({"file": rel, "landmarks": landmarks, "status": status})
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()
+        self.lst.close()
+
+
 def pack(cfg: PackConfig, src: str | Path, out_dir: str | Path, logger: RunLogger = NullLogger(),
          progress: bool = True) -> dict:
     """Pack `src` (identity tree or .lst) into an InsightFace RecordIO dataset in `out_dir`."""
-    from facepipe.data.insightface import InsightFaceWriter, write_lst, write_property
+    from facepipe.data.insightface import write_property
     from facepipe.manifest import write_manifest
 
     cfg.validate()
     src, out_dir = Path(src), Path(out_dir)
     if not src.exists():
         raise DataError("source not found (expected an identity-folder tree or a .lst file)", path=src)
-    skipped: list[dict] = []
+    listing_skips: list[dict] = []
     if src.is_dir():
-        folders = identity_folders(src, skipped)
-        identities, n_identities, source_kind = list_identity_tree(folders, skipped), len(folders), "identity_tree"
+        folders = identity_folders(src, listing_skips)
+        identities, n_identities, source_kind = list_identity_tree(folders, listing_skips), len(folders), "identity_tree"
         images_hint = None
     else:
         identities, lst_format = list_lst(src)
@@ -298,88 +396,39 @@ def pack(cfg: PackConfig, src: str | Path, out_dir: str | Path, logger: RunLogge
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until we finish
     logger.log_params({k: v for k, v in dataclasses.asdict(cfg).items()})
-
     workers = resolve_workers(cfg.workers)
     if images_hint is not None:
         workers = min(workers, max(1, images_hint))
+
     t0 = time.monotonic()
-    packed_lst: list[tuple[str, int]] = []
-    dropped: list[dict] = []
-    digests: dict[str, list[tuple[str, str]]] = {}
-    alignment: list[dict] = []
-    counts = {"seen": 0, "passthrough": 0}
+    packer = _Packer(cfg, out_dir, n_identities, progress)
     listed: list[_Identity] = []
-
-    writer = InsightFaceWriter(out_dir, cfg.prefix)
-    bar = Progress(n_identities, "pack", unit="id", enabled=progress)
-
-    def finish(ident: _Identity, usable: list) -> None:
-        bar.update(1, images=counts["seen"])
-        if len(usable) < cfg.min_images:
-            reason = ("empty folder" if not ident.files else
-                      f"{len(usable)} usable image(s), fewer than min_images={cfg.min_images}")
-            dropped.append({"identity": ident.name, "images": len(usable), "reason": reason})
-            return
-        class_id = writer.num_classes
-        for rel, (_, jpeg, _, was_passthrough, used_landmarks) in usable:
-            writer.add(jpeg, class_id)
-            packed_lst.append((rel, class_id))
-            counts["passthrough"] += bool(was_passthrough)
-            if cfg.detector:
-                landmarks, status = used_landmarks
-                alignment.append({"file": rel, "landmarks": landmarks, "status": status})
-
     try:
-        current, usable, j = -1, [], 0
-        for n, result in _run(_tasks(identities, cfg.size, cfg.quality, listed), workers, cfg.detector):
-            if n != current:
-                if current >= 0:
-                    finish(listed[current], usable)
-                current, usable, j = n, [], 0
-            if result is None:  # an empty identity
-                continue
-            rel = listed[n].files[j][0]
-            j += 1
-            counts["seen"] += 1
-            digest = result[2]
-            if digest is not None:
-                digests.setdefault(digest, []).append((rel, listed[n].name))
-            if result[0] == "skip":
-                skipped.append({"file": rel, "reason": result[1]})
-            else:
-                usable.append((rel, result))
-        if current >= 0:
-            finish(listed[current], usable)
+        packer.run(_run(_tasks(identities, cfg.size, cfg.quality, listed), workers, cfg.detector), listed)
     finally:
-        bar.close()
-        writer.close()
+        packer.close()
     # listing and packing report skips from two threads: sort for a deterministic report
-    skipped.sort(key=lambda s: s["file"])
-    passthrough = counts["passthrough"]
+    skipped = sorted(listing_skips + packer.skipped, key=lambda s: s["file"])
+    dropped, writer = packer.dropped, packer.writer
+    if writer.num_images == 0:
+        for name in (f"{cfg.prefix}.rec", f"{cfg.prefix}.idx", packer.lst_tmp.name):
+            (out_dir / name).unlink(missing_ok=True)
+        reasons = sorted({s["reason"] for s in skipped} | {d["reason"] for d in dropped})
+        raise DataError(f"no images packed: {packer.seen} file(s) seen, {len(skipped)} skipped, "
+                        f"{len(dropped)} identities dropped ({'; '.join(reasons[:3]) or 'nothing found'})",
+                        path=src)
+    os.replace(packer.lst_tmp, out_dir / f"{cfg.prefix}.lst")
+    write_property(out_dir / "property", writer.num_classes, cfg.size, cfg.size)
+
+    duplicates = packer.duplicates.groups()
     report = {
         "source": source_kind,
         "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "workers"},
-        "images_seen": counts["seen"],
-    }
-
-    if writer.num_images == 0:
-        (out_dir / f"{cfg.prefix}.rec").unlink(missing_ok=True)
-        (out_dir / f"{cfg.prefix}.idx").unlink(missing_ok=True)
-        reasons = sorted({s["reason"] for s in skipped} | {d["reason"] for d in dropped})
-        raise DataError(f"no images packed: {counts['seen']} file(s) seen, {len(skipped)} skipped, "
-                        f"{len(dropped)} identities dropped ({'; '.join(reasons[:3]) or 'nothing found'})",
-                        path=src)
-
-    write_lst(out_dir / f"{cfg.prefix}.lst", packed_lst)
-    write_property(out_dir / "property", writer.num_classes, cfg.size, cfg.size)
-    duplicates = [{"sha256": d, "files": [f for f, _ in entries],
-                   "identities": sorted({name for _, name in entries})}
-                  for d, entries in sorted(digests.items()) if len(entries) > 1]
-    report.update({
+        "images_seen": packer.seen,
         "images_packed": writer.num_images,
         "identities_packed": writer.num_classes,
-        "images_passed_through": passthrough,
-        "images_reencoded": writer.num_images - passthrough,
+        "images_passed_through": packer.passthrough,
+        "images_reencoded": writer.num_images - packer.passthrough,
         "skipped_count": len(skipped),
         "skipped": skipped,
         "identities_dropped_count": len(dropped),
@@ -388,11 +437,11 @@ def pack(cfg: PackConfig, src: str | Path, out_dir: str | Path, logger: RunLogge
         "duplicate_files": sum(len(d["files"]) - 1 for d in duplicates),
         "duplicates_across_identities": sum(len(d["identities"]) > 1 for d in duplicates),
         "duplicates": duplicates,
-    })
+    }
     if cfg.detector:
-        report["aligned_with_landmarks"] = sum(a["landmarks"] for a in alignment)
-        report["aligned_without_landmarks"] = len(alignment) - report["aligned_with_landmarks"]
-        report["alignment"] = alignment
+        report["aligned_with_landmarks"] = sum(a["landmarks"] for a in packer.alignment)
+        report["aligned_without_landmarks"] = len(packer.alignment) - report["aligned_with_landmarks"]
+        report["alignment"] = packer.alignment
     # The report file holds no timings or paths of this machine, so reruns are byte-identical.
     (out_dir / REPORT).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     write_manifest(out_dir, kind="recordio", extra={"prefix": cfg.prefix, "num_images": writer.num_images,
@@ -401,8 +450,8 @@ def pack(cfg: PackConfig, src: str | Path, out_dir: str | Path, logger: RunLogge
     seconds = time.monotonic() - t0
     metrics = {"images_packed": writer.num_images, "identities_packed": writer.num_classes,
                "skipped_count": len(skipped), "identities_dropped_count": len(dropped),
-               "duplicate_files": report["duplicate_files"], "images_passed_through": passthrough,
-               "seconds": round(seconds, 3), "images_per_s": round(counts["seen"] / max(seconds, 1e-9), 1)}
+               "duplicate_files": report["duplicate_files"], "images_passed_through": packer.passthrough,
+               "seconds": round(seconds, 3), "images_per_s": round(packer.seen / max(seconds, 1e-9), 1)}
     logger.log_metrics(metrics)
     logger.log_artifact(out_dir / REPORT)
     return {**report, **metrics, "workers": workers}
