@@ -44,6 +44,33 @@ def upload_killed_after(server: S3Server, src, uri, n_files: int):
     return landed
 
 
+def test_server_killed_inside_a_multipart_upload(private_s3, tmp_path, monkeypatch):
+    """The endpoint dies while the parts of the 11 MB weights file are in flight."""
+    src = make_model_folder(tmp_path / "v1", small=2)
+    uri = "s3://models/run8/recognizer"
+    counted = storage._ByteProgress.__call__
+    sent = []
+
+    def count_and_kill(self, n):
+        sent.append(n)
+        if sum(sent) > 6 << 20 and private_s3.running:  # past the first 5 MB part of model.pt
+            private_s3.stop()
+        counted(self, n)
+
+    monkeypatch.setattr(storage._ByteProgress, "__call__", count_and_kill)
+    with pytest.raises(StorageError, match="failed after 3 attempts"):
+        storage.upload(src, uri, workers=1, quiet=True)
+    monkeypatch.setattr(storage._ByteProgress, "__call__", counted)
+
+    private_s3.start()
+    assert not storage.is_complete(uri)
+    keys = [o["Key"] for o in private_s3.client().list_objects_v2(Bucket="models").get("Contents", [])]
+    assert "run8/recognizer/model.pt" not in keys, "a half-sent multipart upload is never an object"
+    storage.upload(src, uri, quiet=True)
+    out = storage.download(uri, tmp_path / "back", quiet=True)
+    assert without_manifest(tree(out)) == tree(src)
+
+
 def test_server_killed_mid_upload_then_restarted(private_s3, tmp_path):
     src = make_model_folder(tmp_path / "v1", small=8)
     uri = "s3://models/run7/recognizer"

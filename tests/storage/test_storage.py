@@ -196,6 +196,8 @@ def test_endpoint_down_retries_then_names_uri_and_endpoint(monkeypatch, tmp_path
     retries = [r for r in caplog.records if "retry" in r.getMessage()]
     assert len(retries) == 2
     assert SECRET_KEY not in text + caplog.text
+    with pytest.raises(StorageError, match=rf"{scheme}://bucket/model.*after 3 attempts.*{dead}"):
+        storage.download(f"{scheme}://bucket/model", tmp_path / "back", quiet=True)
 
 
 def test_wrong_secret_is_not_retried_and_not_echoed(s3_env, monkeypatch, tmp_path):
