@@ -50,6 +50,10 @@ def _cluster_settings(task: dsl.PipelineTask, step: str) -> dsl.PipelineTask:
     for secret, keys in SECRETS.items():
         kubernetes.use_secret_as_env(task, secret_name=secret,
                                      secret_key_to_env={k: k for k in keys}, optional=True)
+    # The KFP run id from the pod's label (not a task input, so caching still works): the steps
+    # find their MLflow parent run by it.
+    kubernetes.use_field_path_as_env(task, env_name="FACEPIPE_KFP_RUN_ID",
+                                     field_path="metadata.labels['pipeline/runid']")
     task.set_display_name(step.replace("_", "-"))
     return task
 

@@ -52,6 +52,7 @@ REGISTERED_MODELS = {"train_detection": "facepipe-detector", "train_recognition"
 
 SCRATCH_ENV = "FACEPIPE_SCRATCH_DIR"
 PARENT_ENV = "FACEPIPE_MLFLOW_PARENT_RUN_ID"
+KFP_RUN_ENV = "FACEPIPE_KFP_RUN_ID"
 MAX_PLOTS = 24
 
 
@@ -132,7 +133,7 @@ class _ChildRun:
             return
         from facepipe import tracking
 
-        parent = parent_run_id or os.environ.get(PARENT_ENV, "")
+        parent = parent_run_id or os.environ.get(PARENT_ENV, "") or _kfp_parent(step)
         self.params = dict(params)
         self.run_id = tracking.start_step_run(parent or None, step, None, tags={k: v for k, v in tags.items() if v})
         self.logger = tracking.MlflowLogger(self.run_id)
@@ -155,6 +156,21 @@ class _ChildRun:
         for i in range(0, len(params), 100):
             client.log_batch(self.run_id, params=params[i:i + 100])
         end_run(self.run_id, status)
+
+
+def _kfp_parent(step: str) -> str:
+    """On a KFP cluster: the parent run tagged with this KFP run id (made by `facepipe submit`, else here)."""
+    from facepipe import tracking
+
+    kfp_run_id = os.environ.get(KFP_RUN_ENV, "")
+    if not kfp_run_id:
+        return ""
+    found = tracking.find_runs(tags={"facepipe.kfp_run_id": kfp_run_id, "facepipe.kind": "pipeline"}, max_results=1)
+    if found:
+        return found[0].info.run_id
+    # Submitted without tracking from the client side: the first step makes the parent run.
+    return tracking.start_pipeline_run(os.environ.get("MLFLOW_EXPERIMENT_NAME") or tracking.DEFAULT_EXPERIMENT,
+                                       {"facepipe.kfp_run_id": kfp_run_id, "facepipe.created_by_step": step})
 
 
 def run_step(step: str, config: Mapping[str, Any], inputs: Mapping[str, str | None], out_dir: str,

@@ -1,0 +1,173 @@
+"""`facepipe submit` through the real kfp.Client, and `facepipe submit-modelarts` request building.
+
+No KFP backend can run here (it needs Kubernetes), so kfp.Client talks to a small HTTP server
+that answers the v2beta1 endpoints it calls (healthz, experiments, runs) and records the requests:
+the test checks what a real backend would receive. ModelArts has no endpoint here either: the
+test checks the CreateTrainingJobRequest the command builds.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import yaml
+
+from facepipe.errors import ConfigError
+from tests.conftest import PROJECT_ROOT
+
+TINY_JOB = PROJECT_ROOT / "jobs" / "tiny.yaml"
+
+
+class KfpApi(BaseHTTPRequestHandler):
+    requests: list = []
+
+    def _reply(self, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self.requests.append(("GET", self.path, None))
+        if self.path.startswith("/apis/v2beta1/healthz"):
+            return self._reply({"multi_user": False})
+        if self.path.startswith("/apis/v2beta1/experiments"):
+            return self._reply({"experiments": [], "total_size": 0})
+        self._reply({})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        self.requests.append(("POST", self.path, body))
+        if self.path.startswith("/apis/v2beta1/experiments"):
+            return self._reply({"experiment_id": "exp-1", "display_name": body.get("display_name")})
+        if self.path.startswith("/apis/v2beta1/runs"):
+            return self._reply({"run_id": "run-42", "display_name": body.get("display_name"),
+                                "experiment_id": body.get("experiment_id"), "state": "PENDING"})
+        self._reply({})
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def kfp_api():
+    KfpApi.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), KfpApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", KfpApi.requests
+    server.shutdown()
+    server.server_close()
+
+
+def test_submit_sends_the_spec_with_changed_parameters_and_s3_root(kfp_api, monkeypatch):
+    from facepipe.orchestration import submit
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "kfp-submit-secret-value-123")
+    host, requests = kfp_api
+    sub = submit.prepare(host, TINY_JOB, ["evaluate.batch_size=8"], experiment="tiny", run_name="tiny-1",
+                         pipeline_root="s3://facepipe-artifacts/kfp")
+    out = submit.submit(sub)
+    assert out["run_id"] == "run-42"
+    (run,) = [body for method, path, body in requests if method == "POST" and path.startswith("/apis/v2beta1/runs")]
+    assert run["display_name"] == "tiny-1" and run["experiment_id"] == "exp-1"
+    params = run["runtime_config"]["parameters"]
+    assert params["evaluate__batch_size"] == 8
+    assert params["train_recognition__backbone"] == "mobilefacenet"
+    assert "train_recognition__momentum" not in params  # unchanged defaults are not sent
+    assert run["runtime_config"]["pipeline_root"] == "s3://facepipe-artifacts/kfp"
+    spec = run["pipeline_spec"]["pipeline_spec"]  # with the kubernetes platform spec beside it
+    assert spec["pipelineInfo"]["name"] == "facepipe"
+    platform = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert {s["secretName"] for s in platform["exec-train-recognition"]["secretAsEnv"]} >= {"facepipe-s3"}
+    assert all(t["cachingOptions"].get("enableCache") for t in spec["root"]["dag"]["tasks"].values())
+    assert "kfp-submit-secret-value-123" not in json.dumps(requests)
+
+
+def test_rerun_on_kfp_turns_off_the_cache_of_that_step_only(kfp_api, monkeypatch):
+    from facepipe.orchestration import submit
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    host, requests = kfp_api
+    sub = submit.prepare(host, TINY_JOB, ["evaluate.batch_size=4"], rerun_step="evaluate")
+    spec = list(yaml.safe_load_all(open(sub.pipeline_file)))[0]
+    caching = {name: t["cachingOptions"].get("enableCache", False) for name, t in spec["root"]["dag"]["tasks"].items()}
+    assert caching.pop("evaluate") is False
+    assert all(caching.values())
+    assert all("retryPolicy" in t for t in spec["root"]["dag"]["tasks"].values())  # cluster retries kept
+
+
+def test_submit_refuses_bad_input_before_sending(kfp_api):
+    from facepipe.errors import FacepipeError
+    from facepipe.orchestration import submit
+
+    host, requests = kfp_api
+    with pytest.raises(ConfigError, match="object storage"):
+        submit.prepare(host, TINY_JOB, pipeline_root="/tmp/local-root")
+    with pytest.raises(ConfigError, match="valid keys"):
+        submit.prepare(host, TINY_JOB, ["train_recognition.epoch=2"])
+    with pytest.raises(FacepipeError, match="could not be reached"):
+        submit.submit(submit.prepare("http://127.0.0.1:9", TINY_JOB), track=False)
+    assert not requests
+
+
+@pytest.fixture
+def pinned_lock(tmp_path):
+    lock = tmp_path / "images.lock.json"
+    ref = "swr.cn-north-4.myhuaweicloud.com/facepipe/{}@sha256:" + "ab" * 32
+    lock.write_text(json.dumps({"registry": "swr.cn-north-4.myhuaweicloud.com/facepipe", "images": {
+        name: {"tag": "t", "digest": "sha256:" + "ab" * 32, "reference": ref.format(name)}
+        for name in ("facepipe-data", "facepipe-train")}}))
+    return lock
+
+
+def test_modelarts_request_runs_the_step_in_the_swr_image_on_obs_paths(pinned_lock, monkeypatch):
+    from facepipe.orchestration import modelarts
+
+    monkeypatch.setenv("HUAWEICLOUD_SDK_SK", "modelarts-secret-sk-456")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    spec = modelarts.TrainingJobSpec(step="train_recognition", inputs={"data": "obs://face-data/packed/"},
+                                     output="obs://face-models/rec-1", flavor="modelarts.vm.gpu.t4",
+                                     sets=["epochs=3", "train_recognition.lr=0.01"], job=str(TINY_JOB),
+                                     lock=str(pinned_lock), name="rec-job")
+    body = modelarts.without_nulls(modelarts.build_request(spec).body.to_dict())
+    assert body["kind"] == "job" and body["metadata"]["name"] == "rec-job"
+    algorithm = body["algorithm"]
+    assert algorithm["engine"]["image_url"] == (
+        "swr.cn-north-4.myhuaweicloud.com/facepipe/facepipe-train@sha256:" + "ab" * 32)
+    assert algorithm["inputs"][0]["remote"]["obs"]["obs_url"] == "/face-data/packed/"
+    assert algorithm["outputs"][0]["remote"]["obs"]["obs_url"] == "/face-models/rec-1/"
+    command = algorithm["command"]
+    assert command.startswith("facepipe train-recognition /home/ma-user/modelarts/inputs/data_0 "
+                              "/home/ma-user/modelarts/outputs/output_0")
+    assert "--set epochs=3" in command and "--set lr=0.01" in command and "--set backbone=mobilefacenet" in command
+    assert algorithm["environments"] == {"MLFLOW_TRACKING_URI": "http://mlflow.example:5000"}
+    assert body["spec"]["resource"] == {"flavor_id": "modelarts.vm.gpu.t4", "node_count": 1}
+    assert "modelarts-secret-sk-456" not in json.dumps(body)
+
+
+def test_modelarts_refuses_bad_requests(pinned_lock, monkeypatch):
+    from facepipe.errors import StorageError
+    from facepipe.orchestration import modelarts
+
+    base = dict(step="build_gallery", output="obs://b/out", flavor="f", lock=str(pinned_lock))
+    with pytest.raises(ConfigError, match="--detector --recognizer"):
+        modelarts.build_request(modelarts.TrainingJobSpec(inputs={"data": "obs://b/faces"}, **base))
+    with pytest.raises(ConfigError, match="obs://BUCKET/PATH"):
+        modelarts.build_request(modelarts.TrainingJobSpec(
+            inputs={"data": "s3://b/faces", "detector": "obs://b/d", "recognizer": "obs://b/r"}, **base))
+    with pytest.raises(ConfigError, match="valid keys"):
+        modelarts.build_request(modelarts.TrainingJobSpec(
+            inputs={"data": "obs://b/faces", "detector": "obs://b/d", "recognizer": "obs://b/r"},
+            sets=["no_such_key=1"], **base))
+    for key in modelarts.CREDENTIAL_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HUAWEICLOUD_SDK_AK", "ak")
+    with pytest.raises(StorageError, match="HUAWEICLOUD_SDK_SK, HUAWEICLOUD_SDK_PROJECT_ID"):
+        modelarts.client()
