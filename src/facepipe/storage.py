@@ -6,8 +6,9 @@
 
 Folders: a folder is complete only when its ``manifest.json`` (sha256 and size of every file) is
 there. An upload first removes the remote manifest, then transfers the files in parallel (large
-files in parallel multipart parts), removes stale objects, and writes the manifest last, so an
-interrupted upload never looks complete; a rerun skips files already there with the same sha256.
+files in parallel multipart parts), removes the files of the replaced version that the new one
+lacks (nothing else), and writes the manifest last, so an interrupted upload never looks
+complete; a rerun skips files already there with the same sha256.
 A download refuses a prefix without a manifest and checks every file against it.
 
 Environment (read on each call, never logged):
@@ -693,6 +694,8 @@ def _upload_folder(src: Path, dst: Location, workers: int, quiet: bool, on_file)
         names = _local_files(src)
     sizes = {rel: (src / rel).stat().st_size for rel in names}
 
+    # Only files of the version being replaced count as stale; nothing else under dst is touched.
+    previous = _previous_files(be, dst)
     # The remote folder is incomplete from here until the new manifest lands.
     _with_retries("upload", str(dst), be.endpoint, lambda: be.delete(_manifest_loc(dst)))
     remote = dict(_with_retries("list", str(dst), be.endpoint, lambda: builtins.list(be.iter_objects(dst))))
@@ -728,7 +731,7 @@ def _upload_folder(src: Path, dst: Location, workers: int, quiet: bool, on_file)
         _run_parallel([lambda rel=rel: transfer(rel) for rel in names], workers)
     finally:
         progress.close()
-    for stale in sorted(set(remote) - set(names)):
+    for stale in sorted((set(remote) & previous) - set(names)):
         loc = dst.child(stale)
         _with_retries("delete", str(loc), be.endpoint, lambda: be.delete(loc))
     if declared is not None:
@@ -740,6 +743,17 @@ def _upload_folder(src: Path, dst: Location, workers: int, quiet: bool, on_file)
     mloc = _manifest_loc(dst)
     _with_retries("upload", str(mloc), be.endpoint, lambda: be.put_bytes(mloc, body))
     return report
+
+
+def _previous_files(be, dst: Location) -> set[str]:
+    """The files the manifest already at dst lists (empty when there is none or it is unreadable)."""
+    mloc = _manifest_loc(dst)
+    try:
+        raw = _with_retries("download", str(mloc), be.endpoint, lambda: be.get_bytes(mloc), missing_ok=True)
+        files = json.loads(raw).get("files", {})
+        return set(files) if isinstance(files, dict) else set()
+    except (_NotFound, ValueError, AttributeError):
+        return set()
 
 
 def _safe_rel(rel: str, manifest_path) -> str:

@@ -273,3 +273,23 @@ def test_obs_client_settings_follow_the_endpoint(monkeypatch, endpoint, expected
     monkeypatch.delenv("OBS_SIGNATURE", raising=False)
     client = storage._backend(storage.parse_uri("obs://bucket/x")).client
     assert {k: getattr(client, k) for k in expected} == expected
+
+
+def test_upload_leaves_unrelated_objects_alone(s3_env, tmp_path):
+    """Only files of the version being replaced are removed, never other objects under the prefix."""
+    s3_env.create_bucket("shared")
+    client = s3_env.client()
+    client.put_object(Bucket="shared", Key="team/notes.txt", Body=b"someone else's")
+    src = make_model_folder(tmp_path / "src", big_mb=1, small=2)
+    storage.upload(src, "s3://shared/team", quiet=True)
+    storage.upload(src, "s3://shared/team", quiet=True)
+    assert client.get_object(Bucket="shared", Key="team/notes.txt")["Body"].read() == b"someone else's"
+
+    local = tmp_path / "home"
+    local.mkdir()
+    (local / "keep.txt").write_text("mine")
+    storage.upload(src, local, quiet=True)
+    (src / "empty.txt").unlink()
+    storage.upload(src, local, quiet=True)
+    assert (local / "keep.txt").read_text() == "mine"
+    assert not (local / "empty.txt").exists(), "a file of the replaced version is removed"
