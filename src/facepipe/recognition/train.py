@@ -239,7 +239,10 @@ def _train(cfg, data_dir: Path, out_dir: Path, logger: RunLogger, rank: int, wor
     dataset = FaceDataset(records, cfg.input_size, cfg.augment, cfg.seed)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
                         pin_memory=device.type == "cuda", persistent_workers=False,
-                        prefetch_factor=4 if cfg.workers else None)
+                        prefetch_factor=4 if cfg.workers else None,
+                        # its own generator: drawing worker seeds from the global RNG at each epoch
+                        # start would shift dropout/Partial FC randomness after a resume
+                        generator=torch.Generator().manual_seed(cfg.seed))
     steps_per_epoch = len(sampler)
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps:
@@ -313,7 +316,7 @@ def _train(cfg, data_dir: Path, out_dir: Path, logger: RunLogger, rank: int, wor
 
     def run_eval():
         if targets:
-            found = evaluate(backbone, targets, device, cfg.amp)
+            found = evaluate(backbone, targets, device)  # fp32, as Recognizer users will see
             eval_metrics.update(found)
             logger.log_metrics(found, step=state.step)
 

@@ -1,0 +1,188 @@
+"""LFW-dev benchmark: train a recognizer on identities A..H, verify on pairs-dev.txt (identities I..K).
+
+    python bench/lfw_dev.py [--minutes 30] [--out DIR] [--set key=value ...]
+
+1. crops the face region of every A..H photo (LFW faces sit roughly centred in 250x250; the
+   recognizer's `center_crop` records the share kept) and packs identities with >= --min-images
+   images with `facepipe.data.pack` at the training input size;
+2. times a few training steps, then trains for as many epochs as fit in --minutes;
+3. scores pairs-dev.txt with `evaluate_verification` (10-fold accuracy, AUC, TAR@FAR), and the
+   classical baseline on the same crops in the same script: uniform LBP(8,1) histograms on a
+   7x7 grid compared with the chi-square distance;
+4. prints both and writes DIR/bench_lfw_dev.json; DIR/model.pt is the recognizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+LFW_DEV = ROOT.parent / "shared" / "data" / "lfw-dev"
+
+# Settings chosen for a ~30 minute, 2-core CPU budget (see the report in the log / docs):
+# a narrow IResNet-18 at 64 px, CosFace with a moderate scale, strong-ish augmentation.
+DEFAULTS = {
+    "backbone": "iresnet18", "width": 0.25, "input_size": 56, "embedding_size": 128,
+    "loss": "cosface", "scale": 32.0, "m3": 0.25, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
+    "weight_decay": 5e-4, "warmup_epochs": 1.0, "schedule": "cosine", "batch_size": 64,
+    "augment": "flip_jitter", "amp": True, "dropout": 0.0, "clip_grad": 5.0, "center_crop": 0.5,
+    "workers": 1, "checkpoint_every": 200, "export_onnx": True, "log_every": 20,
+}
+
+
+def crop_tree(lfw: Path, out: Path, initials: str, crop: float, size: int, min_images: int) -> int:
+    """Write the centre crops of identities starting with `initials` as an identity tree; returns images."""
+    from facepipe.recognition.data import center_crop_resize
+
+    n = 0
+    for person in sorted((lfw / "images").iterdir()):
+        if person.name[0] not in initials:
+            continue
+        files = sorted(person.glob("*.jpg"))
+        if len(files) < min_images:
+            continue
+        (out / person.name).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            face = center_crop_resize(cv2.imread(str(f)), size, crop)
+            cv2.imwrite(str(out / person.name / f.name), face, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            n += 1
+    return n
+
+
+# ------------------------------------------------------------------------------ LBP baseline
+
+def _uniform_lbp_table() -> np.ndarray:
+    """8-bit code -> bin: the 58 uniform patterns (<= 2 circular 0/1 transitions) get their own bin, the rest bin 58."""
+    table = np.full(256, 58, np.int64)
+    k = 0
+    for code in range(256):
+        bits = [(code >> i) & 1 for i in range(8)]
+        if sum(bits[i] != bits[(i + 1) % 8] for i in range(8)) <= 2:
+            table[code] = k
+            k += 1
+    return table
+
+
+def lbp_histogram(gray: np.ndarray, grid: int = 7, table=_uniform_lbp_table()) -> np.ndarray:
+    g = gray.astype(np.int16)
+    c = g[1:-1, 1:-1]
+    code = np.zeros_like(c, dtype=np.uint8)
+    offsets = [(-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1)]
+    for bit, (dy, dx) in enumerate(offsets):
+        nb = g[1 + dy:g.shape[0] - 1 + dy, 1 + dx:g.shape[1] - 1 + dx]
+        code |= ((nb >= c).astype(np.uint8) << bit)
+    bins = table[code]
+    h, w = bins.shape
+    hists = []
+    for i in range(grid):
+        for j in range(grid):
+            cell = bins[i * h // grid:(i + 1) * h // grid, j * w // grid:(j + 1) * w // grid]
+            hist = np.bincount(cell.ravel(), minlength=59).astype(np.float64)
+            hists.append(hist / max(hist.sum(), 1.0))
+    return np.concatenate(hists)
+
+
+def lbp_baseline(pairs_path: Path, images_dir: Path, crop: float, size: int = 128) -> dict:
+    """LFW-protocol metrics of -chi-square distance between LBP histograms of the same crops."""
+    from facepipe.evaluation.pairs import load_verification_set
+    from facepipe.evaluation.verification import verification_metrics
+    from facepipe.recognition.data import center_crop_resize
+
+    target = load_verification_set(pairs_path, images_dir,
+                                   lambda img: center_crop_resize(img, size, crop))
+    hists = np.stack([lbp_histogram(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY)) for f in target.faces])
+    a, b = hists[target.left], hists[target.right]
+    chi2 = np.sum((a - b) ** 2 / (a + b + 1e-10), axis=1)
+    return verification_metrics(-chi2, target.same, target.folds)
+
+
+# ------------------------------------------------------------------------------ the benchmark
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=30.0, help="training time budget (default 30)")
+    ap.add_argument("--out", help="output folder (default: a temp folder); DIR/model.pt is the recognizer")
+    ap.add_argument("--lfw", default=str(LFW_DEV), help="lfw-dev folder (images/, pairs-dev.txt)")
+    ap.add_argument("--min-images", type=int, default=2, help="train on identities with at least this many images")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training config override")
+    args = ap.parse_args(argv)
+
+    from facepipe.config import from_dict, parse_sets
+    from facepipe.data.pack import PackConfig, pack
+    from facepipe.evaluation.verification import evaluate_verification
+    from facepipe.recognition.config import RecognitionTrainConfig
+    from facepipe.recognition.train import train_recognition
+
+    lfw = Path(args.lfw)
+    pairs = lfw / "pairs-dev.txt"
+    if not (lfw / "images").is_dir() or not pairs.is_file():
+        print(f"lfw-dev not found at {lfw} (needs images/ and pairs-dev.txt); skipping", file=sys.stderr)
+        return 0
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="lfw_dev_"))
+    out.mkdir(parents=True, exist_ok=True)
+    values = {**DEFAULTS, **parse_sets(args.set)}
+    cfg = from_dict(RecognitionTrainConfig, values, source="bench/lfw_dev.py")
+    work = out / "work"
+    t0 = time.perf_counter()
+    rec = work / "rec"
+    if not (rec / "manifest.json").exists():
+        tree = work / "crops"
+        n = crop_tree(lfw, tree, "ABCDEFGH", cfg.center_crop, cfg.input_size, args.min_images)
+        pack(PackConfig(size=cfg.input_size, workers=1, min_images=args.min_images), tree, rec, progress=False)
+        print(f"packed {n} A..H images (identities with >= {args.min_images}) in {time.perf_counter() - t0:.1f}s")
+
+    # time a few steps with the real settings, then size the run to the budget
+    t_probe = time.perf_counter()
+    probe = train_recognition(from_dict(RecognitionTrainConfig, {**values, "max_steps": 12,
+                                                                "export_onnx": False, "checkpoint_every": 0}),
+                              rec, work / "probe")
+    step_s = cfg.batch_size / probe["train.samples_per_s"]  # median step, start-up excluded
+    probe_s = time.perf_counter() - t_probe
+    from facepipe.data.insightface import FaceRecordSet
+
+    steps_per_epoch = len(FaceRecordSet(rec)) // cfg.batch_size
+    budget_steps = int(max(0.0, args.minutes * 60 - probe_s) / step_s)  # the probe counts against the budget
+    budget_steps = max(1, budget_steps)
+    epochs = -(-budget_steps // steps_per_epoch)  # the schedule ends exactly at the budget (max_steps)
+    print(f"probe ({probe_s:.0f}s): {step_s:.3f} s/step, {steps_per_epoch} steps/epoch -> {budget_steps} steps ({budget_steps / steps_per_epoch:.1f} epochs) in {args.minutes} min")
+    cfg = from_dict(RecognitionTrainConfig, {**values, "epochs": epochs, "max_steps": budget_steps},
+                    source="bench/lfw_dev.py")
+    train_dir = out / "train"
+    t1 = time.perf_counter()
+    train_metrics = train_recognition(cfg, rec, train_dir)
+    train_s = time.perf_counter() - t1
+    for name in ("model.pt", "model.onnx"):
+        if (train_dir / name).exists():
+            shutil.copy2(train_dir / name, out / name)
+    ours = evaluate_verification(out / "model.pt", pairs, lfw / "images", out / "eval")
+    lbp = lbp_baseline(pairs, lfw / "images", cfg.center_crop)
+    report = {
+        "config": {k: v for k, v in values.items()}, "steps": budget_steps,
+        "epochs": round(budget_steps / steps_per_epoch, 2), "train_seconds": round(train_s, 1),
+        "train_final_loss": train_metrics.get("train.loss"), "train_accuracy": train_metrics.get("train.accuracy"),
+        "recognizer": {k.split(".", 1)[1]: v for k, v in ours.items()},
+        "lbp_chi2": lbp,
+        "accuracy_gain_points": round(100 * (ours["verification.accuracy"] - lbp["accuracy"]), 2),
+    }
+    (out / "bench_lfw_dev.json").write_text(json.dumps(report, indent=2))
+    print(f"{'method':<28}{'accuracy':>14}{'AUC':>8}{'TAR@1e-2':>10}")
+    print(f"{'recognizer (' + cfg.backbone + ')':<28}{ours['verification.accuracy']:>8.4f} +-{ours['verification.accuracy_std']:.3f}"
+          f"{ours['verification.auc']:>8.4f}{ours['verification.tar_at_far_1e-2']:>10.4f}")
+    print(f"{'LBP u2 8,1 7x7 chi-square':<28}{lbp['accuracy']:>8.4f} +-{lbp['accuracy_std']:.3f}"
+          f"{lbp['auc']:>8.4f}{lbp['tar_at_far_1e-2']:>10.4f}")
+    print(f"gain: {report['accuracy_gain_points']} accuracy points (goal >= 10); trained {report['epochs']} epochs in "
+          f"{train_s / 60:.1f} min; recognizer at {out / 'model.pt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
