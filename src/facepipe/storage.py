@@ -651,7 +651,8 @@ def upload(local_path: str | os.PathLike, uri: str | os.PathLike, *, workers: in
     be = _backend(dst)
     _with_retries("upload", str(dst), be.endpoint, lambda: be.check_bucket(dst))
     if src.is_file():
-        if dst.is_local and dst.path.is_dir():
+        # Into a folder: an existing local one, or a remote prefix written with a trailing slash.
+        if (dst.path.is_dir() if dst.is_local else (not dst.key or dst.key.endswith("/"))):
             dst = dst.child(src.name)
         report = _upload_file(src, dst, quiet)
     else:

@@ -62,6 +62,8 @@ def test_s3_round_trip_folder_and_file(s3_env, tmp_path):
     storage.upload(src / "model.pt", "s3://models/single/weights.pt", quiet=True)
     got = storage.download("s3://models/single/weights.pt", tmp_path / "w.pt", quiet=True)
     assert got.read_bytes() == (src / "model.pt").read_bytes()
+    storage.upload(src / "model.pt", "s3://models/single/", quiet=True)  # into the prefix
+    assert storage.download("s3://models/single/model.pt", tmp_path, quiet=True) == tmp_path / "model.pt"
 
     names = [e.name for e in storage.ls("s3://models/run1/recognizer")]
     assert names == ["empty.txt", "eval/", "manifest.json", "model.pt", "plots/"]
