@@ -70,24 +70,38 @@ class MlflowLogger:
         self.run_id = run_id or mlflow.active_run().info.run_id
 
     def log_params(self, params):
+        from mlflow.entities import Param
+
         from facepipe.secrets import redact_params
 
         clean = {k: ("" if v is None else str(v))[:6000] for k, v in redact_params(params).items()}
-        for k, v in clean.items():
-            self._client.log_param(self.run_id, k, v)
+        # One request per 100 params (MLflow's batch limit) instead of one per param.
+        items = [Param(k, v) for k, v in clean.items()]
+        for i in range(0, len(items), 100):
+            self._client.log_batch(self.run_id, params=items[i:i + 100])
 
     def log_metrics(self, metrics, step=None):
-        for k, v in metrics.items():
-            self._client.log_metric(self.run_id, k, float(v), step=step or 0)
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        for i in range(0, len(items), 1000):
+            self._client.log_batch(self.run_id, metrics=items[i:i + 1000])
 
     def log_artifact(self, path, artifact_path=None):
         self._client.log_artifact(self.run_id, str(path), artifact_path)
 
     def set_tags(self, tags):
+        from mlflow.entities import RunTag
+
         from facepipe.secrets import redact_params
 
-        for k, v in redact_params({k: str(v) for k, v in tags.items()}).items():
-            self._client.set_tag(self.run_id, k, v[:5000])
+        clean = redact_params({k: str(v) for k, v in tags.items()})
+        items = [RunTag(k, v[:5000]) for k, v in clean.items()]
+        for i in range(0, len(items), 100):
+            self._client.log_batch(self.run_id, tags=items[i:i + 100])
 
 
 def tracking_enabled() -> bool:

@@ -99,6 +99,9 @@ def test_two_runs_compared_by_params(client):
     assert {a, b} <= found
     assert tracking.find_runs("no-such-experiment") == []
 
+    wide = tracking.start_step_run(None, "pack", {f"p{i:03d}": i for i in range(150)})  # > one batch
+    assert client.get_run(wide).data.params["p149"] == "149" and len(client.get_run(wide).data.params) == 150
+
 
 def test_default_tracking_uri_is_a_sqlite_store_in_the_project(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
