@@ -84,6 +84,11 @@ def test_jpegs_already_at_size_pass_through_unchanged(tmp_path):
     assert report["images_passed_through"] == 3 and report["images_reencoded"] == 0
     rs = FaceRecordSet(tmp_path / "out")
     assert rs.read(2)[0] == (src / "b" / "00.jpg").read_bytes()
+    # a pre-aligned set is read by threads, not processes: the same bytes either way
+    (src / "b" / "01.jpg").write_bytes(cv2.imencode(".jpg", photo(9, 40, 50))[1].tobytes())
+    pack(cfg(workers=1), src, tmp_path / "one", progress=False)
+    pack(cfg(workers=2), src, tmp_path / "two", progress=False)
+    assert (tmp_path / "one" / "train.rec").read_bytes() == (tmp_path / "two" / "train.rec").read_bytes()
 
 
 def test_bad_inputs_are_skipped_and_reported(tmp_path):

@@ -12,8 +12,10 @@ unreadable); identities left with fewer than `min_images` usable images are drop
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -418,7 +420,9 @@ def pack(cfg: PackConfig, src: str | Path, out_dir: str | Path, logger: RunLogge
     packer = _Packer(cfg, out_dir, n_identities, progress)
     listed: list[_Identity] = []
     try:
-        packer.run(_run(_tasks(identities, cfg.size, cfg.quality, listed), workers, cfg.detector), listed)
+        # The output does not depend on this choice, only the speed does.
+        threads, identities = probe_passthrough(identities, cfg.size, cfg.detector)
+        packer.run(_run(_tasks(identities, cfg.size, cfg.quality, listed), workers, cfg.detector, threads), listed)
     finally:
         packer.close()
     # listing and packing report skips from two threads: sort for a deterministic report
@@ -471,11 +475,13 @@ def pack(cfg: PackConfig, src: str | Path, out_dir: str | Path, logger: RunLogge
     return {**report, **metrics, "workers": workers}
 
 
-def _run(tasks: Iterator[tuple], workers: int, detector: str | None):
-    """Yield (identity number, result) in task order, from a process pool or in this process.
+def _run(tasks: Iterator[tuple], workers: int, detector: str | None, threads: bool = False):
+    """Yield (identity number, result) in task order: in this process, or from `workers` threads
+    or processes.
 
-    `tasks` is consumed lazily (by the pool's feeder thread), so listing a large tree overlaps
-    with packing it.
+    `tasks` is consumed lazily, so listing a large tree overlaps with packing it. Threads suit
+    pass-through (file reads and hashing release the GIL, and nothing is pickled); processes
+    suit decoding and re-encoding.
     """
     if workers <= 1:
         _init_worker(detector, in_pool=False)
@@ -485,11 +491,56 @@ def _run(tasks: Iterator[tuple], workers: int, detector: str | None):
         finally:
             _reset_worker()
         return
+    if threads and not detector:
+        yield from _ordered_thread_map(tasks, workers)
+        return
     if detector:
         _load_aligner(detector)  # fail here with a clear error, not in a pool initializer (it would respawn)
     ctx = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(detector,)) as pool:
         yield from pool.imap(_work, tasks, chunksize=16)
+
+
+def _ordered_thread_map(tasks: Iterator[tuple], workers: int, ahead: int = 64):
+    """`map(_work, tasks)` on a thread pool, in order, with at most `ahead` tasks in flight
+    (Executor.map would submit every task up front and hold every result)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending: collections.deque = collections.deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="pack") as pool:
+        try:
+            for task in tasks:
+                pending.append(pool.submit(_work, task))
+                if len(pending) >= max(ahead, 4 * workers):
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def probe_passthrough(identities: Iterable[_Identity], size: int, detector: str | None,
+                      sample: int = 16) -> tuple[bool, Iterator[_Identity]]:
+    """Whether the first `sample` images are already SIZE x SIZE colour JPEGs (a pre-aligned set
+    being repacked), and the identities with the ones looked at put back in front."""
+    it = iter(identities)
+    if detector:
+        return False, it
+    head, checked = [], 0
+    for ident in it:
+        head.append(ident)
+        for _, path in ident.files[: sample - checked]:
+            try:
+                info = jpeg_info(_read_file(path)[:65536])
+            except OSError:
+                continue
+            if info != (size, size, 3):
+                return False, itertools.chain(head, it)
+            checked += 1
+        if checked >= sample:
+            break
+    return checked > 0, itertools.chain(head, it)
 
 
 def _reset_worker() -> None:
