@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -38,6 +40,15 @@ def make_tree(root: Path, counts: dict[str, int], h: int = 90, w: int = 70) -> P
             cv2.imwrite(str(root / name / f"{j:02d}.jpg"), photo(seed, h, w), [cv2.IMWRITE_JPEG_QUALITY, 95])
             seed += 1
     return root
+
+
+def huge_png_header() -> bytes:
+    """A PNG whose header claims 100000 x 100000 pixels (a decompression bomb)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
 
 
 def cfg(**kw) -> PackConfig:
@@ -98,6 +109,7 @@ def test_bad_inputs_are_skipped_and_reported(tmp_path):
     (src / "mixed" / "corrupt.jpg").write_bytes(good[:2] + b"\x00" * 200)
     (src / "mixed" / "notes.jpg").write_text("not an image at all\n")
     (src / "mixed" / "unreadable.jpg").symlink_to(tmp_path / "gone.jpg")  # root can read any mode bits
+    (src / "mixed" / "huge.png").write_bytes(huge_png_header())
     (src / "empty_person").mkdir()
     (src / "stray.jpg").write_bytes(good)
     report = pack(cfg(), src, tmp_path / "out", progress=False)
@@ -106,8 +118,9 @@ def test_bad_inputs_are_skipped_and_reported(tmp_path):
     assert reasons["mixed/corrupt.jpg"].startswith("corrupt JPEG")
     assert reasons["mixed/notes.jpg"].startswith("not a decodable image")
     assert reasons["mixed/unreadable.jpg"].startswith("unreadable")
+    assert reasons["mixed/huge.png"].startswith("not decodable")  # OpenCV refuses 10^10 pixels
     assert reasons["stray.jpg"] == "not inside an identity folder"
-    assert report["skipped_count"] == 5
+    assert report["skipped_count"] == 6
     assert report["identities_dropped"] == [{"identity": "empty_person", "images": 0, "reason": "empty folder"}]
     assert (report["images_packed"], report["identities_packed"]) == (4, 2)
     on_disk = json.loads((tmp_path / "out" / "pack_report.json").read_text())

@@ -2,9 +2,10 @@
 
 `pack(PackConfig(...), src, out_dir)` writes `PREFIX.rec/.idx/.lst`, `property`,
 `pack_report.json` and, last, `manifest.json`. Images are decoded, center-cropped (or aligned
-with a detector) and resized to SIZE x SIZE, JPEG-encoded in worker processes; the parent writes
-them in source order, so the same input gives byte-identical files for any worker count.
-JPEGs that are already SIZE x SIZE colour pass through unchanged.
+with a detector) and resized to SIZE x SIZE, JPEG-encoded in worker processes (threads for a
+set that is already SIZE x SIZE); the parent writes them in source order, so the same input
+gives byte-identical files for any worker count. JPEGs that are already SIZE x SIZE colour pass
+through unchanged.
 
 Bad files are skipped and listed in the report with the reason (not an image, truncated JPEG,
 unreadable); identities left with fewer than `min_images` usable images are dropped and listed.
@@ -33,7 +34,6 @@ from facepipe.progress import Progress
 from facepipe.tracking import NullLogger, RunLogger
 
 REPORT = "pack_report.json"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
 @dataclass
@@ -104,10 +104,11 @@ def jpeg_complete(data: bytes) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 _ALIGNER = None
+_CALLER_TORCH_THREADS = None
 
 
 def _init_worker(detector: str | None, in_pool: bool = True) -> None:
-    global _ALIGNER
+    global _ALIGNER, _CALLER_TORCH_THREADS
     if in_pool:
         import cv2
 
@@ -116,6 +117,8 @@ def _init_worker(detector: str | None, in_pool: bool = True) -> None:
     if detector:
         import torch
 
+        if not in_pool:
+            _CALLER_TORCH_THREADS = torch.get_num_threads()
         # One thread per process; and the same thread count for every worker count, so the
         # detector's float results (and the aligned pixels) do not depend on --workers.
         torch.set_num_threads(1)
@@ -188,7 +191,10 @@ def process_image(path: str, size: int, quality: int) -> tuple:
             flags = cv2.IMREAD_REDUCED_COLOR_4
         elif shorter >= 2 * size:
             flags = cv2.IMREAD_REDUCED_COLOR_2
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error as exc:  # e.g. a header claiming more pixels than OpenCV allows
+        return ("skip", f"not decodable: {str(exc).strip().splitlines()[-1][:200]}", digest)
     if image is None:
         return ("skip", "not a decodable image (expected JPEG, PNG, BMP, WebP or TIFF)", digest)
     used_landmarks = None
@@ -544,5 +550,11 @@ def probe_passthrough(identities: Iterable[_Identity], size: int, detector: str 
 
 
 def _reset_worker() -> None:
-    global _ALIGNER
+    """Undo _init_worker in the calling process (workers=1 runs there)."""
+    global _ALIGNER, _CALLER_TORCH_THREADS
     _ALIGNER = None
+    if _CALLER_TORCH_THREADS is not None:
+        import torch
+
+        torch.set_num_threads(_CALLER_TORCH_THREADS)
+        _CALLER_TORCH_THREADS = None
