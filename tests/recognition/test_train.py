@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -39,14 +40,31 @@ def trained(face_rec, tmp_path_factory):
     """One small run through the CLI: 2 epochs, verification on the pairs file, ONNX export."""
     out = tmp_path_factory.mktemp("trained")
     values = {**TINY, "epochs": 2, "export_onnx": True, "val_targets": "faces_pairs.txt", "amp": True}
-    proc = subprocess.run(FACEPIPE + ["train-recognition", str(face_rec), str(out)] + _sets(values),
-                          capture_output=True, text=True, env=_env(), timeout=300)
+    tracking = f"sqlite:///{out.parent / 'mlflow.db'}"
+    proc = subprocess.run(FACEPIPE + ["train-recognition", str(face_rec), str(out), "--run-name", "tiny"]
+                          + _sets(values), capture_output=True, text=True,
+                          env={**_env(), "MLFLOW_TRACKING_URI": tracking}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, json.loads(proc.stdout.strip().splitlines()[-1])
+    return SimpleNamespace(out=out, metrics=json.loads(proc.stdout.strip().splitlines()[-1]), tracking=tracking)
+
+
+def test_training_is_logged_to_mlflow_when_a_tracking_uri_is_set(trained):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(trained.tracking)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                "attributes.run_name = 'tiny'")
+    assert run.data.params["backbone"] == "iresnet18" and run.data.params["num_classes"] == "16"
+    losses = client.get_metric_history(run.info.run_id, "train.loss")
+    assert [m.step for m in losses] == list(range(1, 21))
+    for key in ("train.lr", "train.samples_per_s", "faces_pairs.accuracy", "faces_pairs.auc"):
+        assert key in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"model.pt", "model.onnx", "metrics.json", "plots"} <= artifacts
 
 
 def test_training_writes_model_metrics_plots_and_manifest_last(trained):
-    out, printed = trained
+    out, printed = trained.out, trained.metrics
     for name in ("model.pt", "model.onnx", "metrics.json", "training.png",
                  "verification_faces_pairs/roc.png", "verification_faces_pairs/det.png"):
         assert (out / name).stat().st_size > 0, name
@@ -69,7 +87,7 @@ def test_recognizer_embeds_normalised_flip_summed_and_matches_onnx(trained):
     from facepipe.recognition.backbones import faces_to_tensor
     from facepipe.recognition.embed import Recognizer
 
-    out, _ = trained
+    out = trained.out
     rec = Recognizer.load(out / "model.pt")
     assert (rec.input_size, rec.embedding_size) == (56, 32) and len(rec.digest) == 64
     faces = np.random.default_rng(0).integers(0, 256, (5, 56, 56, 3), dtype=np.uint8)
@@ -90,7 +108,7 @@ def test_recognizer_embeds_normalised_flip_summed_and_matches_onnx(trained):
 
 
 def test_evaluate_verification_command_writes_metrics_scores_and_plots(trained, face_rec, tmp_path):
-    out, metrics = trained
+    out, metrics = trained.out, trained.metrics
     ev = tmp_path / "ev"
     proc = subprocess.run(FACEPIPE + ["evaluate", "verification", "--model", str(out / "model.pt"),
                                       "--pairs", str(face_rec / "faces_pairs.txt"),
