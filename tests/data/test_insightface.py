@@ -196,3 +196,19 @@ def test_fuzz_corrupted_dataset_only_raises_data_error(tmp_path, clean_set, targ
         _open_and_read_everything(d)
     except DataError as exc:
         assert "ds/" in str(exc)
+
+
+def test_undecodable_payload_is_a_data_error(tmp_path):
+    from tests.data.test_pack import huge_png_header
+
+    d = tmp_path / "ds"
+    d.mkdir()
+    with InsightFaceWriter(d) as w:
+        w.add(b"not an image", 0)
+        w.add(huge_png_header(), 0)
+    write_property(d / "property", 1, 112, 112)
+    rs = FaceRecordSet(d)
+    with pytest.raises(DataError, match=r"train\.rec, byte offset \d+: payload of 12 bytes is not a decodable image"):
+        rs.decode(0)
+    with pytest.raises(DataError, match="not decodable: .*CV_IO_MAX_IMAGE_PIXELS"):
+        rs.decode(1)

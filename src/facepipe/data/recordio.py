@@ -158,7 +158,11 @@ def decode_image(payload: bytes, path=None, offset: int | None = None, flags: in
     """BGR uint8 image from encoded bytes (as `unpack_img`), DataError when it does not decode."""
     import cv2
 
-    image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR if flags is None else flags)
+    try:
+        image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR if flags is None else flags)
+    except cv2.error as exc:  # e.g. a header claiming more pixels than OpenCV allows
+        raise DataError(f"payload of {len(payload)} bytes is not decodable: "
+                        f"{str(exc).strip().splitlines()[-1][:200]}", path=path, offset=offset) from None
     if image is None:
         raise DataError(f"payload of {len(payload)} bytes is not a decodable image (expected JPEG/PNG)",
                         path=path, offset=offset)
