@@ -212,3 +212,14 @@ def test_undecodable_payload_is_a_data_error(tmp_path):
         rs.decode(0)
     with pytest.raises(DataError, match="not decodable: .*CV_IO_MAX_IMAGE_PIXELS"):
         rs.decode(1)
+
+
+def test_writer_refuses_keys_float32_cannot_hold(tmp_path, monkeypatch):
+    import facepipe.data.insightface as layout
+
+    monkeypatch.setattr(layout, "MAX_RECORDS", 5)  # the real limit, 2**24 records, is too big to write here
+    with InsightFaceWriter(tmp_path, "big") as w:
+        w.add(b"a", 0)
+        w.add(b"b", 1)
+        with pytest.raises(DataError, match=r"big\.rec: too many records: .*float32 labels, exact only below 5"):
+            w.add(b"c", 1)

@@ -158,6 +158,9 @@ def write_lst(path: str | Path, items: list[tuple[str, int]]) -> None:
 # Writing the layout
 # ---------------------------------------------------------------------------------------------
 
+# Keys and [start, end) ranges are float32 labels in this layout: exact up to 2**24 only.
+MAX_RECORDS = 1 << 24
+
 # Record 0 is written first as a placeholder and rewritten at close, once N and K are known.
 # Its framed size never changes: 24-byte header + two float32 labels, no magic possible in them.
 _HEADER0_PLACEHOLDER = pack_record([0.0, 0.0], b"", id=0)
@@ -190,6 +193,10 @@ class InsightFaceWriter:
             raise ValueError(f"images must come grouped in class order: got class {class_id} "
                              f"after class {current}")
         key = self.num_images + 1
+        if key + self.num_classes >= MAX_RECORDS:
+            raise DataError(f"too many records: the InsightFace layout keeps record keys in float32 "
+                            f"labels, exact only below {MAX_RECORDS}; pack in several parts (--prefix)",
+                            path=self.rec_path)
         self._writer.write(pack_record(float(class_id), jpeg, id=key), key=key)
         self.num_images += 1
         return key
