@@ -187,3 +187,16 @@ def test_packed_tree_has_insightface_layout_in_mxnet(mx_run):
     assert packed["identities"] == [[1, 3], [3, 6], [6, 7]]
     assert packed["labels"] == [0.0, 0.0, 1.0, 1.0, 1.0, 2.0]
     assert FaceRecordSet(fp / "packed").labels.tolist() == [int(x) for x in packed["labels"]]
+
+
+def test_face_record_set_reads_a_plain_mxnet_rec(mx_run):
+    """An im2rec-style .rec (every record an image, no InsightFace header) written by MXNet."""
+    _, mxd, _ = mx_run
+    rs = FaceRecordSet(mxd, prefix="img")
+    assert rs.layout == "plain" and rs.num_classes == 3 and rs.image_size == (24, 20)
+    assert rs.labels.tolist() == [0, 0, 1, 1, 2] and rs.identity_ranges.tolist() == [[0, 2], [2, 4], [4, 5]]
+    mx_pixels = np.load(mxd / "mx_pixels.npy")
+    for i in range(len(rs)):
+        image, label = rs.decode(i)
+        assert label == rs.key(i) % 3
+        np.testing.assert_array_equal(image, mx_pixels[rs.key(i)])
