@@ -248,3 +248,31 @@ def test_pack_from_insightface_lst_and_unpack_by_class(tmp_path, capsys):
     assert main(["rec-info", str(tmp_path / "out" / "train.rec")]) == 0
     text = capsys.readouterr().out
     assert "images        3" in text and "identities    2" in text and "32x32 x3" in text
+
+
+def test_insightface_lst_landmarks_and_boxes_align_unaligned_faces(tmp_path):
+    """face2rec2-style lines: aligned=0 with a box and landmarks (x1..x5 then y1..y5)."""
+    from facepipe.gallery.align import align_face
+
+    make_tree(tmp_path / "imgs", {"p": 2}, h=120, w=100)
+    xs, ys = [40, 60, 50, 42, 58], [50, 50, 62, 74, 74]
+    landmarks = "\t".join(str(v) for v in xs + ys)
+    lst = tmp_path / "faces.lst"
+    lst.write_text(f"0\timgs/p/00.jpg\t0\t30\t40\t70\t85\t{landmarks}\n"
+                   f"0\timgs/p/01.jpg\t0\t30\t40\t70\t85\n")
+    report = pack(cfg(size=32), lst, tmp_path / "out", progress=False)
+    assert report["alignment"] == [{"file": "imgs/p/00.jpg", "landmarks": True, "status": "lst_landmarks"},
+                                   {"file": "imgs/p/01.jpg", "landmarks": False, "status": "lst_box"}]
+    rs = FaceRecordSet(tmp_path / "out")
+    expected, used = align_face(cv2.imread(str(tmp_path / "imgs" / "p" / "00.jpg")), np.array(list(zip(xs, ys))), 32)
+    assert used and np.abs(rs.decode(0)[0].astype(int) - expected.astype(int)).mean() < 3
+    # the box widened by 22 px a side: x 8..92, y 18..107 of the 100x120 photo
+    box = cv2.resize(cv2.imread(str(tmp_path / "imgs" / "p" / "01.jpg"))[18:107, 8:92], (32, 32))
+    assert np.abs(rs.decode(1)[0].astype(int) - box.astype(int)).mean() < 3
+
+
+def test_malformed_lst_geometry_names_the_line(tmp_path):
+    lst = tmp_path / "faces.lst"
+    lst.write_text("0\ta.jpg\t0\t1\t2\t3\t4\n0\tb.jpg\t0\t1\t2\t3\n")
+    with pytest.raises(DataError, match=r"faces\.lst, line 2: expected 4 box values, or 4 box and 10 landmark"):
+        pack(cfg(), lst, tmp_path / "out", progress=False)

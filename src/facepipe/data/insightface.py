@@ -12,8 +12,10 @@ Layout of `PREFIX.rec` with N images of K identities (class ids 0..K-1):
 
 `.lst` files come in two column orders, both tab-separated, told apart by their columns:
 
-- InsightFace (`face2rec2.py`, written by `facepipe pack`): `aligned<TAB>path<TAB>label[<TAB>...]`
-  where `aligned` is 0 or 1 and extra columns (box, landmarks) are ignored;
+- InsightFace (`face2rec2.py`, written by `facepipe pack`): `aligned<TAB>path<TAB>label`, and
+  for a face not yet aligned (`aligned` 0) optionally a box `x1 y1 x2 y2` and 5 landmarks as
+  `x1..x5 y1..y5` (all x first, as `face_preprocess.parse_lst_line` reads them), tab-separated;
+  `facepipe pack` aligns such faces on those landmarks (or crops the box);
 - im2rec (`mx.tools.im2rec`): `index<TAB>label[<TAB>label...]<TAB>path`: the path comes last.
 
 Relative paths in a `.lst` are relative to the folder holding the `.lst`.
@@ -73,6 +75,9 @@ class LstEntry:
     label: int      # the first label column
     line: int       # 1-based line number, for error messages
     index: int | None = None  # im2rec's index column
+    aligned: bool | None = None  # InsightFace's first column
+    bbox: tuple[float, float, float, float] | None = None  # x1, y1, x2, y2 in image pixels
+    landmarks: tuple[tuple[float, float], ...] | None = None  # 5 (x, y) points in image pixels
 
 
 def _is_number(text: str) -> bool:
@@ -94,6 +99,24 @@ def detect_lst_format(cols: list[str]) -> str | None:
     if len(cols) >= 3 and all(_is_number(c) for c in cols):
         return "im2rec"
     return None
+
+
+def _face_geometry(cols: list[str], path: Path, n: int):
+    """The optional box (columns 4-7) and landmarks (columns 8-17) of an InsightFace .lst line."""
+    extra = [c for c in cols[3:] if c.strip() != ""]
+    if not extra:
+        return None, None
+    try:
+        values = [float(c) for c in extra]
+    except ValueError:
+        raise DataError(f"expected numbers after the label (box x1 y1 x2 y2, then landmarks x1..x5 y1..y5), "
+                        f"got {extra!r}", path=path, line=n) from None
+    if len(values) not in (4, 14):
+        raise DataError(f"expected 4 box values, or 4 box and 10 landmark values after the label, "
+                        f"got {len(values)}", path=path, line=n)
+    bbox = tuple(values[:4])
+    landmarks = tuple(zip(values[4:9], values[9:14])) if len(values) == 14 else None
+    return bbox, landmarks
 
 
 def read_lst(path: str | Path) -> tuple[str, list[LstEntry]]:
@@ -124,17 +147,20 @@ def read_lst(path: str | Path) -> tuple[str, list[LstEntry]]:
                 raise DataError(f"expected 'aligned<TAB>path<TAB>label' like line 1, got {line!r}",
                                 path=path, line=n)
             label_text, entry_path, index = cols[2], cols[1], None
+            bbox, landmarks = _face_geometry(cols, path, n)
         else:
             if len(cols) < 3 or not all(_is_number(c) for c in cols[:-1]):
                 raise DataError(f"expected 'index<TAB>label<TAB>path' like line 1, got {line!r}",
                                 path=path, line=n)
             label_text, entry_path, index = cols[1], cols[-1], int(float(cols[0]))
+            bbox = landmarks = None
         label = float(label_text)
         if not label.is_integer() or label < 0:
             raise DataError(f"label {label_text!r} is not a non-negative integer class id", path=path, line=n)
         if not entry_path:
             raise DataError("empty path", path=path, line=n)
-        entries.append(LstEntry(entry_path, int(label), n, index))
+        aligned = (cols[0] == "1") if fmt == "insightface" else None
+        entries.append(LstEntry(entry_path, int(label), n, index, aligned, bbox, landmarks))
     if fmt is None:
         raise DataError("empty list file: expected one image per line", path=path)
     return fmt, entries

@@ -160,8 +160,11 @@ def _read_file(path: str) -> bytes:
         os.close(fd)
 
 
-def process_image(path: str, size: int, quality: int) -> tuple:
+def process_image(path: str, size: int, quality: int, geometry: tuple | None = None) -> tuple:
     """Read, check and convert one source image.
+
+    `geometry` is where a .lst puts the face: ("landmarks", 5 (x, y) points) to align on, or
+    ("bbox", (x1, y1, x2, y2)) to crop; otherwise the detector aligns (if any) or we center-crop.
 
     Returns ("ok", jpeg_bytes, sha256 digest, passthrough, (used_landmarks, aligner status) | None)
     or ("skip", reason, sha256 digest | None).
@@ -181,10 +184,11 @@ def process_image(path: str, size: int, quality: int) -> tuple:
             return ("skip", "corrupt JPEG: no frame header (expected SOF marker before the scan)", digest)
         if not jpeg_complete(data):
             return ("skip", "truncated JPEG: no end-of-image marker after the last scan", digest)
-    if _ALIGNER is None and info is not None and info[0] == size and info[1] == size and info[2] == 3:
+    plain = _ALIGNER is None and geometry is None
+    if plain and info is not None and info[0] == size and info[1] == size and info[2] == 3:
         return ("ok", data, digest, True, None)
     flags = cv2.IMREAD_COLOR
-    if info is not None and _ALIGNER is None:
+    if info is not None and plain:
         shorter = min(info[0], info[1])
         # libjpeg's DCT scaling decodes at 1/2 or 1/4 for a fraction of the cost.
         if shorter >= 4 * size:
@@ -198,7 +202,14 @@ def process_image(path: str, size: int, quality: int) -> tuple:
     if image is None:
         return ("skip", "not a decodable image (expected JPEG, PNG, BMP, WebP or TIFF)", digest)
     used_landmarks = None
-    if _ALIGNER is not None:
+    if geometry is not None and geometry[0] == "landmarks":
+        from facepipe.gallery.align import align_face
+
+        face, used = align_face(image, np.asarray(geometry[1], dtype=np.float64), size)
+        used_landmarks = (bool(used), "lst_landmarks" if used else "lst_landmarks_unusable")
+    elif geometry is not None:
+        face, used_landmarks = box_crop(image, geometry[1], size), (False, "lst_box")
+    elif _ALIGNER is not None:
         aligned, details = _ALIGNER.align(image, size)
         used_landmarks = (bool(_landmarks_used(details)),
                           details.get("status") if isinstance(details, dict) else None)
@@ -213,6 +224,19 @@ def process_image(path: str, size: int, quality: int) -> tuple:
     return ("ok", buf.tobytes(), digest, False, used_landmarks)
 
 
+def box_crop(image: np.ndarray, box, size: int, margin: float = 44.0) -> np.ndarray:
+    """The box widened by `margin` pixels in all (InsightFace's `face_preprocess` default), resized."""
+    import cv2
+
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = (float(v) for v in box)
+    left, top = int(max(x1 - margin / 2, 0)), int(max(y1 - margin / 2, 0))
+    right, bottom = int(min(x2 + margin / 2, w)), int(min(y2 + margin / 2, h))
+    if right <= left or bottom <= top:  # a box outside the image: keep the whole image
+        left, top, right, bottom = 0, 0, w, h
+    return cv2.resize(image[top:bottom, left:right], (size, size), interpolation=cv2.INTER_LINEAR)
+
+
 def _landmarks_used(details) -> bool:
     if isinstance(details, dict):
         for key in ("used_landmarks", "landmarks_used"):
@@ -223,8 +247,8 @@ def _landmarks_used(details) -> bool:
 
 
 def _work(task):
-    identity_no, path, size, quality = task
-    return identity_no, (None if path is None else process_image(path, size, quality))
+    identity_no, path, size, quality, geometry = task
+    return identity_no, (None if path is None else process_image(path, size, quality, geometry))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +258,7 @@ def _work(task):
 @dataclass
 class _Identity:
     name: str
-    files: list[tuple[str, str]]  # (name in the .lst, path to read)
+    files: list[tuple[str, str, tuple | None]]  # (name in the .lst, path to read, face geometry)
 
 
 def identity_folders(src: Path, skipped: list[dict]) -> list[os.DirEntry]:
@@ -266,7 +290,7 @@ def list_identity_tree(folders: list[os.DirEntry], skipped: list[dict]) -> Itera
             if item.is_dir():
                 skipped.append({"file": rel + "/", "reason": "nested folder (expected SRC/<identity>/<image>)"})
                 continue
-            files.append((rel, item.path))
+            files.append((rel, item.path, None))
         yield _Identity(entry.name, files)
 
 
@@ -274,9 +298,14 @@ def list_lst(lst_path: Path) -> tuple[list[_Identity], str]:
     from facepipe.data.insightface import read_lst, relative_to_lst
 
     fmt, entries = read_lst(lst_path)
-    by_label: dict[int, list[tuple[str, str]]] = {}
+    by_label: dict[int, list[tuple[str, str, tuple | None]]] = {}
     for e in entries:
-        by_label.setdefault(e.label, []).append((e.path, str(relative_to_lst(lst_path, e.path))))
+        geometry = None
+        if e.aligned is False and e.landmarks is not None:
+            geometry = ("landmarks", e.landmarks)
+        elif e.aligned is False and e.bbox is not None:
+            geometry = ("bbox", e.bbox)
+        by_label.setdefault(e.label, []).append((e.path, str(relative_to_lst(lst_path, e.path)), geometry))
     return [_Identity(str(label), by_label[label]) for label in sorted(by_label)], fmt
 
 
@@ -286,9 +315,9 @@ def _tasks(identities: Iterable[_Identity], size: int, quality: int, listed: lis
     for n, ident in enumerate(identities):
         listed.append(ident)
         if not ident.files:
-            yield (n, None, size, quality)
-        for _, path in ident.files:
-            yield (n, path, size, quality)
+            yield (n, None, size, quality, None)
+        for _, path, geometry in ident.files:
+            yield (n, path, size, quality, geometry)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,7 +415,7 @@ class _Packer:
             self.writer.add(jpeg, class_id)
             self.lst.write(lst_line(rel, class_id))
             self.passthrough += bool(was_passthrough)
-            if self.cfg.detector:
+            if used_landmarks is not None:
                 landmarks, status = used_landmarks
                 self.alignment.append({"file": rel, "landmarks": landmarks, "status": status})
 
@@ -462,7 +491,7 @@ def pack(cfg: PackConfig, src: str | Path, out_dir: str | Path, logger: RunLogge
         "duplicates_across_identities": sum(len(d["identities"]) > 1 for d in duplicates),
         "duplicates": duplicates,
     }
-    if cfg.detector:
+    if cfg.detector or packer.alignment:
         report["aligned_with_landmarks"] = sum(a["landmarks"] for a in packer.alignment)
         report["aligned_without_landmarks"] = len(packer.alignment) - report["aligned_with_landmarks"]
         report["alignment"] = packer.alignment
@@ -536,7 +565,9 @@ def probe_passthrough(identities: Iterable[_Identity], size: int, detector: str 
     head, checked = [], 0
     for ident in it:
         head.append(ident)
-        for _, path in ident.files[: sample - checked]:
+        for _, path, geometry in ident.files[: sample - checked]:
+            if geometry is not None:
+                return False, itertools.chain(head, it)
             try:
                 info = jpeg_info(_read_file(path)[:65536])
             except OSError:
