@@ -223,3 +223,25 @@ def test_writer_refuses_keys_float32_cannot_hold(tmp_path, monkeypatch):
         w.add(b"b", 1)
         with pytest.raises(DataError, match=r"big\.rec: too many records: .*float32 labels, exact only below 5"):
             w.add(b"c", 1)
+
+
+def test_torch_dataloader_workers_read_the_same_images(tmp_path):
+    torch = pytest.importorskip("torch")
+    d = write_set(tmp_path / "ds", per_class=(3, 2, 3))
+    rs = FaceRecordSet(d)
+    rs.decode(0)  # the parent has an open handle when the workers fork
+
+    class Faces(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(rs)
+
+        def __getitem__(self, i):
+            image, label = rs.decode(i)
+            return torch.from_numpy(image), label
+
+    loader = torch.utils.data.DataLoader(Faces(), batch_size=3, num_workers=2,
+                                         multiprocessing_context="fork")
+    images, labels = zip(*loader)
+    assert torch.cat(labels).tolist() == rs.labels.tolist()
+    expected = np.stack([rs.decode(i)[0] for i in range(len(rs))])
+    np.testing.assert_array_equal(torch.cat(images).numpy(), expected)

@@ -356,6 +356,12 @@ class IndexedRecordReader:
     def close(self) -> None:
         self._handle.close()
 
+    def __getstate__(self):
+        # No file descriptor travels to another process: the worker opens its own on first read.
+        state = dict(self.__dict__)
+        state["_handle"] = _Handle(self.rec_path)
+        return state
+
     def __enter__(self):
         return self
 
