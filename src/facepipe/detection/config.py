@@ -42,6 +42,7 @@ class DetectionTrainConfig:
     max_steps: int = bounded(0, low=0, help="stop after this many steps (0 = run all epochs); resumable")
     max_minutes: float = bounded(0.0, low=0.0, help="stop after this wall time (0 = no limit); resumable")
     amp: bool = False
+    channels_last: bool = True
     deterministic: bool = True
     seed: int = 0
     checkpoint_every: int = bounded(500, low=0, help="save a resumable checkpoint every N steps (0 = only at the end)")

@@ -155,6 +155,9 @@ def train_detection(cfg: DetectionTrainConfig, data_dir: str | Path, out_dir: st
                                cfg.min_face_size, cfg.photometric, cfg.flip)
 
     model = build_model(cfg).to(device)
+    # NHWC runs the depthwise convolutions of MobileNet several times faster on CPU (oneDNN).
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     optimizer = make_optimizer(cfg, model)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and use_cuda)
     step, history = 0, []
@@ -203,7 +206,7 @@ def train_detection(cfg: DetectionTrainConfig, data_dir: str | Path, out_dir: st
             lr = learning_rate(cfg, step, total_steps, warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            images = images.to(device, non_blocking=True)
+            images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             with _autocast(cfg, device):
                 predictions = train_model(images)
             losses = criterion(predictions, priors, [t.to(device) for t in targets])
@@ -237,7 +240,7 @@ def train_detection(cfg: DetectionTrainConfig, data_dir: str | Path, out_dir: st
                "train.first_loss": history[0]["loss"] if history else None,
                "train.images": len(train_samples), "train.world_size": dist.world}
     if dist.main:
-        model.eval()
+        model = model.to(memory_format=torch.contiguous_format).eval()
         blob = {"kind": "detector", "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "config": to_dict(cfg), "backbone": cfg.backbone, "image_size": cfg.image_size,
                 "steps_trained": step}
