@@ -39,3 +39,83 @@ def step_values(step: str, **overrides) -> dict:
     values = {p.key: p.default for p in step_parameters(step)}
     values.update(overrides)
     return values
+
+
+TINY_JOB = images.PROJECT_ROOT / "jobs" / "tiny.yaml"
+
+
+def tiny_config(step: str, **overrides):
+    """The step's config from jobs/tiny.yaml (what the pipeline tests run), with overrides."""
+    from facepipe.config import load_config
+    from facepipe.steps import STEPS
+
+    return load_config(STEPS[step].config_class(), TINY_JOB, {k: str(v) for k, v in overrides.items()},
+                       section=step)
+
+
+def tiny_values(step: str, **overrides) -> dict:
+    """tiny_config as the component's config dict."""
+    from facepipe.config import to_dict
+    from facepipe.orchestration.params import encode, step_parameters
+
+    cfg = to_dict(tiny_config(step, **overrides))
+    return {p.key: encode(cfg[p.key], p.encoded) for p in step_parameters(step)}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """jobs/tiny.yaml's synthetic data folder (faces/, faces_eval/, pairs, detection/)."""
+    from facepipe.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("tiny-data")
+    synthesize(tiny_config("synth"), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_records(tiny_data, tmp_path_factory):
+    from facepipe.data.pack import pack
+
+    out = tmp_path_factory.mktemp("tiny-records")
+    pack(tiny_config("pack"), tiny_data / "faces", out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_data, tiny_records, tmp_path_factory):
+    """(detector dir, recognizer dir), each trained for a few steps by the step functions."""
+    from facepipe.detection.train import train_detection
+    from facepipe.recognition.train import train_recognition
+
+    detector, recognizer = tmp_path_factory.mktemp("tiny-detector"), tmp_path_factory.mktemp("tiny-recognizer")
+    train_detection(tiny_config("train_detection"), tiny_data / "detection", detector)
+    train_recognition(tiny_config("train_recognition"), tiny_records, recognizer)
+    return detector, recognizer
+
+
+@pytest.fixture(scope="session")
+def tiny_gallery(tiny_data, tiny_models, tmp_path_factory):
+    from facepipe.gallery.build import build_gallery
+
+    out = tmp_path_factory.mktemp("tiny-gallery")
+    detector, recognizer = tiny_models
+    build_gallery(tiny_config("build_gallery"), tiny_data / "faces", detector / "model.pt",
+                  recognizer / "model.pt", out)
+    return out
+
+
+def run_component(root, component, imports: dict, **params):
+    """Run `component` through kfp.local in a one-task pipeline whose input artifacts are imported
+    from existing folders (`imports`: input name -> (artifact class, path)); returns its output folder."""
+    from kfp import dsl
+
+    @dsl.pipeline(name="component-test")
+    def one_task():
+        artifacts = {name: dsl.importer(artifact_uri=str(path), artifact_class=cls, reimport=False).output
+                     for name, (cls, path) in imports.items()}
+        component(**artifacts, **params)
+
+    one_task()
+    (run,) = sorted(root.glob("component-test-*"))
+    (task,) = [p for p in run.iterdir() if p.is_dir() and not p.name.startswith("importer")]
+    return task
