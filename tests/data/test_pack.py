@@ -276,3 +276,20 @@ def test_malformed_lst_geometry_names_the_line(tmp_path):
     lst.write_text("0\ta.jpg\t0\t1\t2\t3\t4\n0\tb.jpg\t0\t1\t2\t3\n")
     with pytest.raises(DataError, match=r"faces\.lst, line 2: expected 4 box values, or 4 box and 10 landmark"):
         pack(cfg(), lst, tmp_path / "out", progress=False)
+
+
+def test_background_listing_hands_on_errors_and_stops_early():
+    from facepipe.data.pack import _prefetch
+
+    def listing():
+        yield from range(3)
+        raise OSError("folder vanished")
+
+    got = []
+    with pytest.raises(OSError, match="folder vanished"):
+        for item in _prefetch(listing()):
+            got.append(item)
+    assert got == [0, 1, 2]
+    endless = _prefetch(iter(range(10**9)), ahead=4)
+    assert next(endless) == 0
+    endless.close()  # the producer thread stops instead of running on

@@ -456,6 +456,8 @@ def pack(cfg: PackConfig, src: str | Path, out_dir: str | Path, logger: RunLogge
     listed: list[_Identity] = []
     try:
         # The output does not depend on this choice, only the speed does.
+        if src.is_dir():
+            identities = _prefetch(identities, ahead=256)  # list folders while packing
         threads, identities = probe_passthrough(identities, cfg.size, cfg.detector)
         packer.run(_run(_tasks(identities, cfg.size, cfg.quality, listed), workers, cfg.detector, threads), listed)
     finally:
@@ -536,23 +538,63 @@ def _run(tasks: Iterator[tuple], workers: int, detector: str | None, threads: bo
         yield from pool.imap(_work, tasks, chunksize=16)
 
 
-def _ordered_thread_map(tasks: Iterator[tuple], workers: int, ahead: int = 64):
-    """`map(_work, tasks)` on a thread pool, in order, with at most `ahead` tasks in flight
-    (Executor.map would submit every task up front and hold every result)."""
+def _work_chunk(tasks: list[tuple]) -> list[tuple]:
+    return [_work(task) for task in tasks]
+
+
+def _ordered_thread_map(tasks: Iterator[tuple], workers: int, chunk: int = 16):
+    """`map(_work, tasks)` on a thread pool, in order, in chunks (fewer futures), with a few
+    chunks per thread in flight (Executor.map would submit every task up front and hold every
+    result)."""
     from concurrent.futures import ThreadPoolExecutor
 
     pending: collections.deque = collections.deque()
     with ThreadPoolExecutor(workers, thread_name_prefix="pack") as pool:
         try:
-            for task in tasks:
-                pending.append(pool.submit(_work, task))
-                if len(pending) >= max(ahead, 4 * workers):
-                    yield pending.popleft().result()
+            while batch := list(itertools.islice(tasks, chunk)):
+                pending.append(pool.submit(_work_chunk, batch))
+                if len(pending) >= 4 * workers:
+                    yield from pending.popleft().result()
             while pending:
-                yield pending.popleft().result()
+                yield from pending.popleft().result()
         finally:
             for future in pending:
                 future.cancel()
+
+
+def _prefetch(items: Iterator, ahead: int = 4096) -> Iterator:
+    """Run an iterator in a background thread, `ahead` items ahead of the consumer."""
+    import queue
+    import threading
+
+    done = object()
+    buffer: queue.Queue = queue.Queue(ahead)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                buffer.put(item)
+            buffer.put(done)
+        except BaseException as exc:  # handed to the consumer, raised there
+            buffer.put(exc)
+
+    thread = threading.Thread(target=produce, name="pack-list", daemon=True)
+    thread.start()
+    try:
+        while (item := buffer.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full buffer
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                thread.join(0.01)
 
 
 def probe_passthrough(identities: Iterable[_Identity], size: int, detector: str | None,

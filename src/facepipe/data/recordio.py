@@ -242,10 +242,18 @@ class RecordWriter:
             if key in self._keys:
                 raise DataError(f"key {key} written twice", path=self.idx_path)
             self._keys.add(int(key))
-        framed = frame(record)
         offset = self._pos
-        self._rec.write(framed)
-        self._pos += len(framed)
+        n = len(record)
+        if n <= MAX_RECORD_BYTES and MAGIC_BYTES not in record:
+            # the usual record, written without building a framed copy first
+            self._rec.write(_LREC.pack(MAGIC, n))
+            self._rec.write(record)
+            self._rec.write(b"\0" * (-n % 4))
+            self._pos += 8 + n + (-n % 4)
+        else:
+            framed = frame(record)
+            self._rec.write(framed)
+            self._pos += len(framed)
         if self._idx is not None:
             self._idx.write(f"{int(key)}\t{offset}\n")
         return offset
