@@ -63,7 +63,7 @@ def frame(payload: bytes) -> bytes:
         out += _LREC.pack(MAGIC, (1 if start == 0 else 2) << 29 | (i - start))
         out += payload[start:i]
         start = i + 4
-    out += _LREC.pack(MAGIC, (3 if cuts else 0) << 29 | (n - start))
+    out += _LREC.pack(MAGIC, 3 << 29 | (n - start))
     out += payload[start:]
     out += b"\0" * (-n % 4)
     return bytes(out)
@@ -107,6 +107,9 @@ def _unframe(read, offset: int, path, size: int) -> tuple[bytes, int]:
             raise DataError(f"record cut short: expected {padded} bytes of data, found "
                             f"{max(size - pos - 8, 0)} (the .rec is truncated)", path=path, offset=pos)
         data = read(pos + 8, padded)
+        if len(data) < padded:  # the file shrank since we looked at its size
+            raise DataError(f"record cut short: expected {padded} bytes of data, found {len(data)}",
+                            path=path, offset=pos)
         parts.append(data[:length])
         pos += 8 + padded
         if cflag in (0, 3):
