@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import secrets
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +150,8 @@ class RunRecord:
     mlflow: dict[str, str] = field(default_factory=dict)
     pipeline_digest: str = ""
     error: str = ""
+    pid: int = 0
+    host: str = ""
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -163,7 +166,22 @@ class RunRecord:
             body = json.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such run") from None
-        return cls(**{k: v for k, v in body.items() if k in cls.__dataclass_fields__})
+        record = cls(**{k: v for k, v in body.items() if k in cls.__dataclass_fields__})
+        if record.status == "running" and record.host == socket.gethostname() and not _alive(record.pid):
+            record.status = "interrupted"  # its process died without writing the end of the record
+        return record
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def list_runs(root: str | Path | None = None) -> list[RunRecord]:
@@ -264,7 +282,7 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
     record = RunRecord(id=new_run_id(), job=str(job) if job else None, sets=list(sets or []),
                        arguments=values, from_run=from_run, rerun_step=rerun_step,
                        start=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                       pipeline_digest=file_digest(spec.path))
+                       pipeline_digest=file_digest(spec.path), pid=os.getpid(), host=socket.gethostname())
     folder = base / record.id
     forced = [rerun_step] if rerun_step else []
     run_spec = folder / "pipeline.yaml"

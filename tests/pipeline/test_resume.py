@@ -1,0 +1,57 @@
+"""A step killed mid-run resumes from its last checkpoint when the run is started again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_killed_training_resumes_from_its_checkpoint(tmp_path):
+    from facepipe.recognition.train import latest_checkpoint
+
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "facepipe.cli", "run", "--job", str(PROJECT_ROOT / "jobs" / "tiny.yaml"),
+           "--set", "train_recognition.max_steps=40", "--set", "train_recognition.checkpoint_every=2",
+           "--no-track", "--runs-dir", str(runs)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    checkpoint = None
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and first.poll() is None:
+            work = list((runs / "scratch").glob("train_recognition-*"))
+            checkpoint = latest_checkpoint(work[0]) if work else None
+            if checkpoint is not None:
+                break
+            time.sleep(0.2)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)  # the run and its step subprocess, mid-training
+        first.wait(30)
+        log.close()
+    assert checkpoint is not None, (tmp_path / "first.log").read_text()[-3000:]
+
+    second = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    out = second.stdout + second.stderr
+    assert "resuming from the checkpoints of an interrupted attempt" in out
+    assert "train-recognition: resuming from" in out
+    record = max((json.loads(p.read_text()) for p in runs.glob("*/run.json")), key=lambda r: r["start"] + r["id"])
+    assert record["status"] == "succeeded"
+    assert (PROJECT_ROOT / record["outputs"]["recognizer"] / "model.pt").exists()
+    assert not list((runs / "scratch").glob("train_recognition-*")), "scratch kept after success"
+    runs_listing = subprocess.run([sys.executable, "-m", "facepipe.cli", "runs", "--runs-dir", str(runs)],
+                                  capture_output=True, text=True, cwd=PROJECT_ROOT).stdout
+    assert "interrupted" in runs_listing  # the killed run is not shown as still running
