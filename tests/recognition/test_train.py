@@ -166,6 +166,15 @@ def test_resume_with_a_different_config_is_refused_naming_the_keys(face_rec, tin
         train_recognition(tiny_cfg(max_steps=2, checkpoint_every=1, lr=0.2, m2=0.3), face_rec, tmp_path)
 
 
+def test_time_budget_stops_training_with_the_lr_annealed(face_rec, tiny_cfg, tmp_path):
+    logger = MemoryLogger()
+    cfg = tiny_cfg(epochs=100, time_budget_min=0.03, schedule="cosine", checkpoint_every=0)
+    metrics = train_recognition(cfg, face_rec, tmp_path, logger=logger)
+    assert 1 <= metrics["steps"] < 100 * 10
+    lrs = [v for k, v, _ in logger.metrics if k == "train.lr"]
+    assert lrs[-1] < 0.25 * max(lrs)  # decayed by the clock: by steps it would still be at its peak
+
+
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(face_rec, tiny_cfg, tmp_path):
     cfg = tiny_cfg(loss="softmax", lr=1e30, clip_grad=0.0, checkpoint_every=1, max_steps=10, weight_decay=0.0)
     with pytest.raises(FacepipeError, match=r"loss became (nan|inf).*last good checkpoint is .*step-0+1"):

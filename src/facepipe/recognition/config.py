@@ -65,6 +65,9 @@ class RecognitionTrainConfig:
     schedule: str = choice("poly", ["poly", "cosine", "constant"])
     epochs: int = bounded(20, low=1, high=100000)
     max_steps: int = bounded(0, low=0, help="stop after this many steps (0: run all epochs)")
+    time_budget_min: float = bounded(0.0, low=0.0,
+                                     help="stop after this many minutes of training, the LR schedule "
+                                          "stretched to fit (0: off); such a run is not exactly resumable")
     batch_size: int = bounded(128, low=2, high=65536, help="per process")
     amp: bool = False
     clip_grad: float = bounded(5.0, low=0.0, help="max gradient norm (0: off)")

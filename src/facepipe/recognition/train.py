@@ -61,16 +61,27 @@ def _barrier(world: int) -> None:
 
 # ------------------------------------------------------------------------------ schedule
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Linear warmup, then polynomial (power 2), cosine or constant decay; multiplies cfg.lr."""
+def lr_factor(step: int, total: int, warmup: int, schedule: str, time_fraction: float = 0.0) -> float:
+    """Linear warmup, then polynomial (power 2), cosine or constant decay; multiplies cfg.lr.
+
+    With a time budget, decay progress is the larger of the step and the elapsed-time fractions.
+    """
     if step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    progress = min(1.0, max((step - warmup) / max(1, total - warmup), time_fraction))
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     return (1.0 - progress) ** 2
+
+
+def _budget_fraction(clock: dict, minutes: float, world: int) -> float:
+    """Share of the time budget used, as rank 0 measures it (ranks must stop at the same step)."""
+    used = torch.tensor([(time.perf_counter() - clock["start"]) / (minutes * 60.0)])
+    if world > 1:
+        dist.broadcast(used, src=0)
+    return float(used)
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -263,8 +274,9 @@ def _train(cfg, data_dir: Path, out_dir: Path, logger: RunLogger, rank: int, wor
     else:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    clock = {"start": None, "fraction": 0.0}  # time-budget runs: share of the budget used
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, warmup, cfg.schedule))
+        optimizer, lambda s: lr_factor(s, total_steps, warmup, cfg.schedule, clock["fraction"]))
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
 
     cfg_dict = to_dict(cfg)
@@ -321,6 +333,8 @@ def _train(cfg, data_dir: Path, out_dir: Path, logger: RunLogger, rank: int, wor
             logger.log_metrics(found, step=state.step)
 
     def on_step(st, m) -> bool:
+        if cfg.time_budget_min:
+            clock["fraction"] = _budget_fraction(clock, cfg.time_budget_min, world)
         window.append(m)
         samples_per_s.append(m["samples_per_s"])
         if st.step % cfg.log_every == 0 or st.step == total_steps:
@@ -335,11 +349,11 @@ def _train(cfg, data_dir: Path, out_dir: Path, logger: RunLogger, rank: int, wor
             last_saved["step"] = st.step
         if cfg.eval_every and st.step % cfg.eval_every == 0 and rank == 0:
             run_eval()
-        return not (cfg.max_steps and st.step >= total_steps)
+        return not (cfg.max_steps and st.step >= total_steps) and clock["fraction"] < 1.0
 
-    t0 = time.perf_counter()
+    t0 = clock["start"] = time.perf_counter()
     try:
-        while state.step < total_steps and state.epoch < cfg.epochs:
+        while state.step < total_steps and state.epoch < cfg.epochs and clock["fraction"] < 1.0:
             sampler.set_epoch(state.epoch, state.batch_in_epoch)
             if not train_one_epoch(state, model, criterion, loader, optimizer, scheduler, scaler, device,
                                    cfg, params, on_step, world):
