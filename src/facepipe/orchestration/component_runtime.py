@@ -53,6 +53,7 @@ REGISTERED_MODELS = {"train_detection": "facepipe-detector", "train_recognition"
 SCRATCH_ENV = "FACEPIPE_SCRATCH_DIR"
 PARENT_ENV = "FACEPIPE_MLFLOW_PARENT_RUN_ID"
 KFP_RUN_ENV = "FACEPIPE_KFP_RUN_ID"
+TIMINGS_ENV = "FACEPIPE_TIMINGS"
 MAX_PLOTS = 24
 
 
@@ -199,7 +200,9 @@ def run_step(step: str, config: Mapping[str, Any], inputs: Mapping[str, str | No
     child = _ChildRun(step, cfg_dict, parent_run_id, tags)
     started = time.time()
     try:
+        computed = time.time()
         result = _call_step(step, cfg, inputs, work, child.logger)
+        _record_timing(step, time.time() - computed)
         if work != out:
             _move_contents(work, out)
             shutil.rmtree(work, ignore_errors=True)
@@ -236,6 +239,14 @@ def run_step(step: str, config: Mapping[str, Any], inputs: Mapping[str, str | No
         raise
     child.finish("FINISHED")
     return result
+
+
+def _record_timing(step: str, seconds: float) -> None:
+    """Append the step function's own time to $FACEPIPE_TIMINGS (JSON lines; bench/pipeline.py reads it)."""
+    path = os.environ.get(TIMINGS_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"step": step, "seconds": seconds}) + "\n")
 
 
 def _register(child: _ChildRun, out: Path, name: str) -> None:
