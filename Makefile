@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 REGION ?= cn-north-4
 ORG ?= facepipe
 REGISTRY ?= swr.$(REGION).myhuaweicloud.com/$(ORG)
+# Written by `make push-images`, read by `make compile` (pins the pipeline's images by digest).
+IMAGES_LOCK ?= images/images.lock.json
+TORCH_VARIANT ?= cpu
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-fast test-containers compile images push-images mlflow-ui bench clean
@@ -36,11 +39,12 @@ test-containers: setup
 compile: setup
 	$(BIN)/python -m pipeline.compile --out pipeline.yaml
 
+# Offline builds: wheels are fetched on the host into the build context; images/README.md.
 images: setup
-	$(BIN)/python -m images.build --registry $(REGISTRY) --no-push
+	$(BIN)/python -m images.build --registry $(REGISTRY) --torch-variant $(TORCH_VARIANT) --no-push
 
 push-images: setup
-	$(BIN)/python -m images.build --registry $(REGISTRY)
+	$(BIN)/python -m images.build --registry $(REGISTRY) --torch-variant $(TORCH_VARIANT) --lock $(IMAGES_LOCK)
 
 mlflow-ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host 127.0.0.1 --port 5000
