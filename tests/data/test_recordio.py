@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from facepipe.data.recordio import (MAGIC_BYTES, IndexedRecordReader, RecordWriter, frame, iter_records,
-                                    pack_record, read_idx, unpack_record)
+                                    pack_record, read_idx, read_idx_arrays, unpack_record)
 from facepipe.errors import DataError
 
 M = MAGIC_BYTES
@@ -168,3 +168,19 @@ def test_corrupt_length_is_refused_before_reading(tmp_path):
     rec.write_bytes(M + lrec(0, (1 << 29) - 1) + b"tiny")
     with pytest.raises(DataError, match=r"byte offset 0: record cut short: expected 536870912 bytes of data, found 4"):
         list(iter_records(rec))
+
+
+def test_shuffled_keys_as_im2rec_writes_them(tmp_path):
+    """im2rec --shuffle writes keys out of order; lookups and `keys` order follow the index."""
+    rec, idx = tmp_path / "s.rec", tmp_path / "s.idx"
+    with RecordWriter(rec, idx) as w:
+        for key in (5, 2, 9, 0):
+            w.write(b"record %d" % key, key=key)
+    reader = IndexedRecordReader(rec, idx)
+    assert reader.keys == [5, 2, 9, 0] and len(reader) == 4
+    assert [reader.read(k) for k in (0, 2, 5, 9)] == [b"record 0", b"record 2", b"record 5", b"record 9"]
+    assert 7 not in reader and 9 in reader and "5" not in reader
+    with pytest.raises(DataError, match=r"s\.idx: key 7 is not in the index"):
+        reader.read(7)
+    keys, offsets = read_idx_arrays(idx, rec.stat().st_size)
+    assert dict(zip(keys.tolist(), offsets.tolist())) == read_idx(idx, rec.stat().st_size)

@@ -180,11 +180,9 @@ def idx_path_for(rec_path: str | Path) -> Path:
     return Path(rec_path).with_suffix(".idx")
 
 
-def read_idx(idx_path: str | Path, rec_size: int | None = None) -> dict[int, int]:
-    """Parse a `.idx` file: key -> byte offset, checked against the .rec size when given."""
-    idx_path = Path(idx_path)
+def _read_idx_text(idx_path: Path) -> str:
     try:
-        text = idx_path.read_bytes().decode("utf-8")
+        return idx_path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise DataError("index file not found (expected key<TAB>offset lines next to the .rec)",
                         path=idx_path) from None
@@ -192,6 +190,15 @@ def read_idx(idx_path: str | Path, rec_size: int | None = None) -> dict[int, int
         raise DataError(f"cannot read: {exc.strerror} (expected a key<TAB>offset text file)", path=idx_path) from None
     except UnicodeDecodeError as exc:
         raise DataError(f"not a text index: byte {exc.start} is not UTF-8", path=idx_path) from None
+
+
+def read_idx(idx_path: str | Path, rec_size: int | None = None, text: str | None = None) -> dict[int, int]:
+    """Parse a `.idx` file: key -> byte offset, checked against the .rec size when given.
+
+    Line by line, so the first bad line is named; `read_idx_arrays` is the fast path.
+    """
+    idx_path = Path(idx_path)
+    text = _read_idx_text(idx_path) if text is None else text
     index: dict[int, int] = {}
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -203,6 +210,8 @@ def read_idx(idx_path: str | Path, rec_size: int | None = None) -> dict[int, int
             key, offset = int(cols[0]), int(cols[1])
         except ValueError:
             raise DataError(f"expected integer key and offset, got {line!r}", path=idx_path, line=n) from None
+        if not -(1 << 63) <= key < (1 << 63):
+            raise DataError(f"key {key} does not fit in 64 bits", path=idx_path, line=n)
         if offset < 0 or offset % 4:
             raise DataError(f"offset {offset} is not a record start (records start at multiples of 4)",
                             path=idx_path, line=n)
@@ -213,6 +222,45 @@ def read_idx(idx_path: str | Path, rec_size: int | None = None) -> dict[int, int
             raise DataError(f"key {key} appears twice", path=idx_path, line=n)
         index[key] = offset
     return index
+
+
+def _distinct(keys: np.ndarray) -> bool:
+    if keys.size < 2 or bool((np.diff(keys) > 0).all()):  # the usual, increasing keys
+        return True
+    ordered = np.sort(keys)
+    return not (ordered[1:] == ordered[:-1]).any()
+
+
+def read_idx_arrays(idx_path: str | Path, rec_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, offsets) as int64 arrays in file order, with the same checks as `read_idx`.
+
+    Parsed in one vectorised pass (Glint360K's 17M lines in seconds, and arrays rather than a
+    dict, so forked DataLoader workers share the pages instead of copying them); any problem
+    falls back to the line-by-line parser, which names the line.
+    """
+    idx_path = Path(idx_path)
+    text = _read_idx_text(idx_path)
+    lines = text.count("\n") + (0 if text.endswith("\n") or not text else 1)
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            values = np.fromstring(text, dtype=np.int64, sep=" ")
+    except ValueError:
+        values = np.zeros(0, np.int64)
+    ok = (values.size == 2 * lines and text.count("\t") == lines and "\n\n" not in text
+          and not text.startswith("\n"))
+    if ok:
+        keys, offsets = values[0::2].copy(), values[1::2].copy()
+        ok = (bool((offsets >= 0).all()) and not (offsets % 4).any()
+              and (rec_size is None or not (offsets + 8 > rec_size).any())
+              and _distinct(keys))
+    if not ok:
+        index = read_idx(idx_path, rec_size, text)  # raises with the line at fault
+        keys = np.fromiter(index.keys(), np.int64, len(index))
+        offsets = np.fromiter(index.values(), np.int64, len(index))
+    return keys, offsets
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,24 +383,43 @@ class IndexedRecordReader:
         self._handle = _Handle(self.rec_path)
         self.size = self._handle.size()
         if scan_if_missing and not self.idx_path.exists():
-            self.index = {n: offset for n, (offset, _) in enumerate(iter_records(self.rec_path))}
+            offsets = [offset for offset, _ in iter_records(self.rec_path)]
+            self._keys = np.arange(len(offsets), dtype=np.int64)
+            self._offsets = np.asarray(offsets, dtype=np.int64)
             self.index_source = "scan"
         else:
-            self.index = read_idx(self.idx_path, self.size)
+            self._keys, self._offsets = read_idx_arrays(self.idx_path, self.size)
             self.index_source = str(self.idx_path)
-        self.keys = list(self.index)
+        # keys 0..n-1 in order (every InsightFace set): a key is its own position
+        self._dense = bool(np.array_equal(self._keys, np.arange(len(self._keys))))
+        self._order = None if self._dense else np.argsort(self._keys, kind="stable")
+
+    @property
+    def keys(self) -> list[int]:
+        """Keys in index order."""
+        return self._keys.tolist()
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self._keys)
+
+    def _position(self, key) -> int | None:
+        if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
+            return None
+        if self._dense:
+            return int(key) if 0 <= key < len(self._keys) else None
+        i = int(np.searchsorted(self._keys, key, sorter=self._order))
+        if i < len(self._keys) and self._keys[self._order[i]] == key:
+            return int(self._order[i])
+        return None
 
     def __contains__(self, key) -> bool:
-        return key in self.index
+        return self._position(key) is not None
 
     def offset(self, key: int) -> int:
-        try:
-            return self.index[key]
-        except KeyError:
-            raise DataError(f"key {key} is not in the index", path=self.idx_path) from None
+        i = self._position(key)
+        if i is None:
+            raise DataError(f"key {key} is not in the index", path=self.idx_path)
+        return int(self._offsets[i])
 
     def read(self, key: int) -> bytes:
         payload, _ = _unframe(self._handle.read, self.offset(key), self.rec_path, self.size)
