@@ -184,3 +184,10 @@ def test_shuffled_keys_as_im2rec_writes_them(tmp_path):
         reader.read(7)
     keys, offsets = read_idx_arrays(idx, rec.stat().st_size)
     assert dict(zip(keys.tolist(), offsets.tolist())) == read_idx(idx, rec.stat().st_size)
+
+
+def test_idx_numbers_beyond_64_bits(tmp_path):
+    rec, idx = write_rec(tmp_path, [b"abcd"])
+    idx.write_text("99999999999999999999999\t0\n")
+    with pytest.raises(DataError, match=r"t\.idx, line 1: key 99999999999999999999999 does not fit in 64 bits"):
+        IndexedRecordReader(rec, idx)

@@ -251,6 +251,8 @@ def read_idx_arrays(idx_path: str | Path, rec_size: int | None = None) -> tuple[
         values = np.zeros(0, np.int64)
     ok = (values.size == 2 * lines and text.count("\t") == lines and "\n\n" not in text
           and not text.startswith("\n"))
+    # numpy saturates numbers beyond 64 bits instead of failing: leave those to the slow path
+    ok = ok and not np.isin(values, (np.iinfo(np.int64).min, np.iinfo(np.int64).max)).any()
     if ok:
         keys, offsets = values[0::2].copy(), values[1::2].copy()
         ok = (bool((offsets >= 0).all()) and not (offsets % 4).any()
