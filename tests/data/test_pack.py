@@ -293,3 +293,14 @@ def test_background_listing_hands_on_errors_and_stops_early():
     endless = _prefetch(iter(range(10**9)), ahead=4)
     assert next(endless) == 0
     endless.close()  # the producer thread stops instead of running on
+
+
+def test_rec_info_verify_checks_the_manifest(tmp_path, capsys):
+    src = make_tree(tmp_path / "src", {"a": 2})
+    pack(cfg(), src, tmp_path / "out", progress=False)
+    assert main(["rec-info", str(tmp_path / "out"), "--verify"]) == 0
+    assert "every file matches" in capsys.readouterr().out
+    lst = tmp_path / "out" / "train.lst"
+    lst.write_text(lst.read_text().replace("a/01.jpg", "a/99.jpg"))
+    assert main(["rec-info", str(tmp_path / "out"), "--verify"]) == 2
+    assert "train.lst: checksum mismatch" in capsys.readouterr().err

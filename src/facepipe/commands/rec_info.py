@@ -10,6 +10,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--sample", type=int, default=0,
                         help="read image sizes from this many images only (default 0 = all)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--verify", action="store_true",
+                        help="also check every file against the folder's manifest.json (sha256)")
 
 
 def run(args) -> int:
@@ -17,7 +19,13 @@ def run(args) -> int:
 
     from facepipe.data.insightface import describe, find_rec
 
-    infos = [describe(rec, sample=args.sample) for rec in find_rec(args.path)]
+    recs = find_rec(args.path)
+    if args.verify:
+        from facepipe.manifest import read_manifest
+
+        for folder in sorted({rec.parent for rec in recs}):
+            read_manifest(folder, verify=True)  # DataError naming the file that does not match
+    infos = [describe(rec, sample=args.sample) for rec in recs]
     if args.json:
         print(json.dumps(infos if len(infos) > 1 else infos[0], indent=2))
         return 0
@@ -34,4 +42,6 @@ def run(args) -> int:
         print(f"  image sizes   {sizes}  ({info['images_checked']} images read)")
         print(f"  formats       {', '.join(f'{k} x{v}' for k, v in info['formats'].items())}")
         print(f"  file size     {info['rec_bytes']} bytes")
+        if args.verify:
+            print("  manifest      every file matches its sha256")
     return 0
