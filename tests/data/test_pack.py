@@ -304,3 +304,18 @@ def test_rec_info_verify_checks_the_manifest(tmp_path, capsys):
     lst.write_text(lst.read_text().replace("a/01.jpg", "a/99.jpg"))
     assert main(["rec-info", str(tmp_path / "out"), "--verify"]) == 2
     assert "train.lst: checksum mismatch" in capsys.readouterr().err
+
+
+def test_real_lfw_photos(tmp_path, lfw_dev):
+    """A few real identities (250x250 news photos): all packed, center-cropped to 112."""
+    names = sorted(p.name for p in (lfw_dev / "images").iterdir())[:40]
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in names:
+        (src / name).symlink_to(lfw_dev / "images" / name, target_is_directory=True)
+    n_files = sum(len(list((src / name).iterdir())) for name in names)
+    report = pack(load_config(PackConfig, sets={"workers": 2}), src, tmp_path / "out", progress=False)
+    assert (report["images_packed"], report["identities_packed"], report["skipped_count"]) == (n_files, 40, 0)
+    rs = FaceRecordSet(tmp_path / "out")
+    image, label = rs.decode(len(rs) - 1)
+    assert image.shape == (112, 112, 3) and label == 39 and rs.image_size == (112, 112)
