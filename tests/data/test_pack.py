@@ -319,3 +319,9 @@ def test_real_lfw_photos(tmp_path, lfw_dev):
     rs = FaceRecordSet(tmp_path / "out")
     image, label = rs.decode(len(rs) - 1)
     assert image.shape == (112, 112, 3) and label == 39 and rs.image_size == (112, 112)
+
+
+def test_output_inside_the_source_tree_is_refused(tmp_path):
+    src = make_tree(tmp_path / "src", {"a": 1})
+    with pytest.raises(DataError, match="output folder .* is inside the source tree"):
+        pack(cfg(), src, src / "packed", progress=False)

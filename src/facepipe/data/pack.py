@@ -9,6 +9,8 @@ through unchanged.
 
 Bad files are skipped and listed in the report with the reason (not an image, truncated JPEG,
 unreadable); identities left with fewer than `min_images` usable images are dropped and listed.
+Paths in `PREFIX.lst` and in the report are relative to SRC (as given in a .lst source), so the
+output does not depend on where SRC is mounted.
 """
 
 from __future__ import annotations
@@ -435,6 +437,9 @@ def pack(cfg: PackConfig, src: str | Path, out_dir: str | Path, logger: RunLogge
     src, out_dir = Path(src), Path(out_dir)
     if not src.exists():
         raise DataError("source not found (expected an identity-folder tree or a .lst file)", path=src)
+    if src.is_dir() and (out_dir.resolve() == src.resolve() or src.resolve() in out_dir.resolve().parents):
+        raise DataError(f"the output folder {out_dir} is inside the source tree; it would be packed "
+                        f"as an identity (expected OUT outside SRC)", path=src)
     listing_skips: list[dict] = []
     if src.is_dir():
         folders = identity_folders(src, listing_skips)
