@@ -227,7 +227,8 @@ def process_image(path: str, size: int, quality: int, geometry: tuple | None = N
 
 
 def box_crop(image: np.ndarray, box, size: int, margin: float = 44.0) -> np.ndarray:
-    """The box widened by `margin` pixels in all (InsightFace's `face_preprocess` default), resized."""
+    """The box widened by `margin` / 2 pixels on each side (InsightFace's `face_preprocess`
+    default), clipped to the image and resized to size x size."""
     import cv2
 
     h, w = image.shape[:2]
