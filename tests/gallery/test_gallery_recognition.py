@@ -177,3 +177,12 @@ def test_cli_build_recognize_and_evaluate(built, gallery_data, trained_recognize
     assert main(["gallery", "info", str(built)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["identities"] == IDENTITIES and info["threshold"] is not None
+
+
+def test_build_refuses_to_replace_a_folder_that_is_not_a_gallery(gallery_data, trained_recognizer, tmp_path):
+    precious = tmp_path / "holiday_photos"
+    precious.mkdir()
+    (precious / "beach.jpg").write_bytes(b"...")
+    with pytest.raises(DataError, match="not a facepipe gallery"):
+        build_gallery(GalleryConfig(), gallery_data["gallery"], None, trained_recognizer, precious)
+    assert (precious / "beach.jpg").is_file()

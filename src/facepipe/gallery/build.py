@@ -242,10 +242,11 @@ def build_gallery(cfg: GalleryConfig, data_dir, detector_path, recognizer_path, 
     """Enrol `data_dir` (identity folders) into a gallery at `out_dir`; returns the build report."""
     import shutil
 
-    from facepipe.gallery.store import replace_folder
+    from facepipe.gallery.store import check_replaceable, replace_folder
 
     t0 = time.time()
     out = Path(out_dir)
+    check_replaceable(out)  # before the slow part
     recognizer, aligner = load_models(recognizer_path, detector_path, cfg)
     gallery, report = gallery_from_tree(cfg, data_dir, recognizer, aligner)
     report["seconds"] = round(time.time() - t0, 2)

@@ -24,11 +24,10 @@ def threshold_at_far(nonmated_top_scores: np.ndarray, target_far: float) -> floa
     if scores.size == 0:
         raise ValueError("no non-mated scores to calibrate on")
     allowed = int(np.floor(target_far * scores.size + 1e-9))
-    # Accept when score >= threshold: put the threshold just above the (allowed+1)-th highest.
-    pivot = scores[min(allowed, scores.size - 1)]
     if allowed >= scores.size:
         return float(scores[-1])
-    return float(np.nextafter(np.float32(pivot), np.float32(np.inf)))
+    # Accept when score >= threshold: put the threshold just above the (allowed+1)-th highest.
+    return float(np.nextafter(np.float32(scores[allowed]), np.float32(np.inf)))
 
 
 def false_alarm_rate(nonmated_top_scores: np.ndarray, threshold: float) -> float:
@@ -120,5 +119,5 @@ def calibrate(embeddings: np.ndarray, labels: np.ndarray, num_identities: int, t
         result["note"] = (f"only {nonmated.size} non-mated searches: FAR {target_far:g} needs at least "
                           f"{int(np.ceil(1 / target_far))}; the threshold sits just above the highest "
                           "non-mated score")
-    result["_scores"] = {"nonmated": nonmated, "mated": mated}
+    result["scores"] = {"nonmated": nonmated, "mated": mated}
     return result

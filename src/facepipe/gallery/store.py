@@ -67,6 +67,8 @@ class Gallery:
     template_identity: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     report: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
+    # Mated / non-mated scores of the last calibration, for calibration.png (not stored).
+    calibration_scores: dict | None = field(default=None, repr=False)
 
     # ---- derived rows -------------------------------------------------------------------
     @property
@@ -111,7 +113,7 @@ class Gallery:
                            len(self.identities), m["template"], m["target_far"],
                            gallery_rows=self.index.embeddings if self.index is not None else None,
                            calibration_embeddings=self.calibration_embeddings)
-        self._scores = result.pop("_scores", None)
+        self.calibration_scores = result.pop("scores", None)
         self.calibration = result
         m["threshold"] = result["threshold"]
         return result
@@ -230,7 +232,7 @@ class Gallery:
         return out
 
     def _plot_calibration(self, path: Path) -> None:
-        scores = getattr(self, "_scores", None)
+        scores = self.calibration_scores
         if not scores:
             path.unlink(missing_ok=True)
             return
@@ -291,8 +293,25 @@ class Gallery:
         return gallery
 
 
+def check_replaceable(final_dir: Path) -> None:
+    """Only an earlier gallery (or nothing) may be replaced: never a user's unrelated folder."""
+    if not final_dir.exists() or (final_dir.is_dir() and not any(final_dir.iterdir())):
+        return
+    manifest = final_dir / "manifest.json"
+    kind = None
+    if manifest.is_file():
+        try:
+            kind = json.loads(manifest.read_text()).get("kind")
+        except (json.JSONDecodeError, AttributeError):
+            kind = None
+    if kind != GALLERY_KIND and not (final_dir / "gallery.json").is_file():
+        raise DataError("exists and is not a facepipe gallery; refusing to replace it (choose a new or "
+                        "empty output folder)", path=final_dir)
+
+
 def replace_folder(tmp_dir: Path, final_dir: Path) -> None:
     """Swap a freshly written gallery into place (the old one stays intact until this point)."""
+    check_replaceable(final_dir)
     backup = final_dir.with_name(final_dir.name + ".old")
     if backup.exists():
         shutil.rmtree(backup)
