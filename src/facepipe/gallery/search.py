@@ -17,9 +17,9 @@ from facepipe.errors import ConfigError, DataError
 
 INDEX_KINDS = ("flat", "ivf", "hnsw")
 # Scores per block of the exact search (queries x gallery rows): 4M floats = 16 MB, so a batch of
-# 256 queries takes 16k rows at a time and a single query 64k (fewer merges).
+# 256 queries takes 16k rows at a time and a single query up to 4M rows in one product.
 BLOCK_SCORES = 1 << 22
-MAX_BLOCK_ROWS, MIN_BLOCK_ROWS = 65536, 8192
+MIN_BLOCK_ROWS = 8192
 
 
 def _as_queries(queries: np.ndarray, dim: int) -> np.ndarray:
@@ -44,7 +44,7 @@ def top_k_exact(queries: np.ndarray, gallery: np.ndarray, k: int,
     if k <= 0:
         return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
     if block_rows is None:
-        block_rows = int(np.clip(BLOCK_SCORES // max(len(q), 1), MIN_BLOCK_ROWS, MAX_BLOCK_ROWS))
+        block_rows = max(BLOCK_SCORES // max(len(q), 1), MIN_BLOCK_ROWS)
     return _top_k_blocked(q, gallery, k, block_rows)
 
 
