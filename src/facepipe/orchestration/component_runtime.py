@@ -53,6 +53,7 @@ REGISTERED_MODELS = {"train_detection": "facepipe-detector", "train_recognition"
 SCRATCH_ENV = "FACEPIPE_SCRATCH_DIR"
 PARENT_ENV = "FACEPIPE_MLFLOW_PARENT_RUN_ID"
 KFP_RUN_ENV = "FACEPIPE_KFP_RUN_ID"
+SPOOL_ENV = "FACEPIPE_TRACKING_SPOOL"
 TIMINGS_ENV = "FACEPIPE_TIMINGS"
 MAX_PLOTS = 24
 
@@ -123,40 +124,170 @@ def write_report(path: Path, step: str, config: Mapping[str, Any], metrics: Mapp
 
 
 class _ChildRun:
-    """An MLflow child run around one step, or nothing when no tracking URI is set."""
+    """An MLflow child run around one step: logged directly, spooled for the local runner, or nothing.
+
+    Direct (a cluster): the step process talks to the tracking server. Spooled (`facepipe run`
+    sets FACEPIPE_TRACKING_SPOOL): the step appends its tracking events to a JSON-lines file and
+    the runner, which already has MLflow loaded, replays them (`replay_spool`); that saves each
+    step process the MLflow import and store setup (seconds). Without a tracking URI: nothing.
+    """
 
     def __init__(self, step: str, params: Mapping[str, Any], parent_run_id: str, tags: Mapping[str, str]):
         from facepipe.tracking import NullLogger
 
         self.run_id = None
+        self.spool = None
         self.logger = NullLogger()
+        self.params = dict(params)
+        self.register: list[tuple[str, str]] = []
+        tags = {k: v for k, v in tags.items() if v}
+        spool_dir = os.environ.get(SPOOL_ENV)
+        if spool_dir and os.environ.get("MLFLOW_TRACKING_URI"):
+            self.spool = SpoolLogger(Path(spool_dir), step, parent_run_id or os.environ.get(PARENT_ENV, ""), tags)
+            self.logger = self.spool
+            return
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             return
         from facepipe import tracking
 
         parent = parent_run_id or os.environ.get(PARENT_ENV, "") or _kfp_parent(step)
-        self.params = dict(params)
-        self.run_id = tracking.start_step_run(parent or None, step, None, tags={k: v for k, v in tags.items() if v})
+        self.run_id = tracking.start_step_run(parent or None, step, None, tags=tags)
         self.logger = tracking.MlflowLogger(self.run_id)
 
-    def finish(self, status: str) -> None:
-        if not self.run_id:
+    @property
+    def active(self) -> bool:
+        return bool(self.run_id or self.spool)
+
+    @property
+    def label(self) -> str:
+        return self.run_id or ("spooled for the runner" if self.spool else "(tracking off)")
+
+    def register_model(self, artifact_path: str, name: str) -> None:
+        if self.spool:
+            self.spool.event("register", artifact_path=artifact_path, name=name)
             return
-        from mlflow.entities import Param
-        from mlflow.tracking import MlflowClient
+        from facepipe import tracking
 
-        from facepipe.secrets import redact_params
-        from facepipe.tracking import end_run
+        version = tracking.register_model(self.run_id, artifact_path, name)
+        self.logger.set_tags({"facepipe.registered_model": f"{name}/{getattr(version, 'version', version)}"})
 
-        # The config as params, after the step: a step may log (some of) them itself, and MLflow
-        # refuses a param logged twice with different spellings of the same value.
-        client = MlflowClient()
-        logged = client.get_run(self.run_id).data.params
-        params = [Param(k, ("" if v is None else str(v))[:6000])
-                  for k, v in sorted(redact_params(self.params).items()) if k not in logged]
-        for i in range(0, len(params), 100):
-            client.log_batch(self.run_id, params=params[i:i + 100])
-        end_run(self.run_id, status)
+    def finish(self, status: str) -> None:
+        if self.spool:
+            self.spool.event("end", status=status, params=_clean_params(self.params))
+            return
+        if self.run_id:
+            _finish_run(self.run_id, self.params, status)
+
+
+def _clean_params(params: Mapping[str, Any]) -> dict[str, str]:
+    from facepipe.secrets import redact_params
+
+    return {k: ("" if v is None else str(v))[:6000] for k, v in redact_params(dict(params)).items()}
+
+
+def _finish_run(run_id: str, params: Mapping[str, Any], status: str) -> None:
+    """Log the config as params after the step, then end the run.
+
+    After, because a step may log (some of) them itself, and MLflow refuses a param logged twice
+    with different spellings of the same value.
+    """
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    from facepipe.tracking import end_run
+
+    client = MlflowClient()
+    logged = client.get_run(run_id).data.params
+    batch = [Param(k, v) for k, v in sorted(_clean_params(params).items()) if k not in logged]
+    for i in range(0, len(batch), 100):
+        client.log_batch(run_id, params=batch[i:i + 100])
+    end_run(run_id, status)
+
+
+class _SeenMetrics:
+    """Passes everything to a RunLogger, remembering which metric keys went through."""
+
+    def __init__(self, inner):
+        self.inner, self.seen = inner, set()
+
+    def log_metrics(self, metrics, step=None):
+        self.seen.update(metrics)
+        self.inner.log_metrics(metrics, step=step)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class SpoolLogger:
+    """A RunLogger that appends events to `<spool>/<time>-<step>-<pid>.jsonl` for `replay_spool`."""
+
+    def __init__(self, spool: Path, step: str, parent: str, tags: Mapping[str, str]):
+        spool.mkdir(parents=True, exist_ok=True)
+        self.path = spool / f"{time.time():.6f}-{step}-{os.getpid()}.jsonl"
+        self.event("start", step=step, parent=parent, tags=dict(tags))
+
+    def event(self, op: str, **body) -> None:
+        from facepipe.secrets import redact
+
+        line = redact(json.dumps({"op": op, "time": time.time(), **body}, default=str))
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+
+    def log_params(self, params):
+        self.event("params", params=_clean_params(params))
+
+    def log_metrics(self, metrics, step=None):
+        self.event("metrics", metrics={k: float(v) for k, v in metrics.items()}, step=step or 0)
+
+    def log_artifact(self, path, artifact_path=None):
+        self.event("artifact", path=str(Path(path).resolve()), artifact_path=artifact_path)
+
+    def set_tags(self, tags):
+        self.event("tags", tags={k: str(v) for k, v in tags.items()})
+
+
+def replay_spool(spool: str | Path) -> list[str]:
+    """Create the MLflow child runs the spooled steps describe (oldest first); returns their run ids.
+
+    A file is removed once replayed; one left behind by a killed runner is replayed next time.
+    """
+    from mlflow.entities import Metric, RunTag
+    from mlflow.tracking import MlflowClient
+
+    from facepipe import tracking
+
+    client = MlflowClient()
+    created = []
+    for path in sorted(Path(spool).glob("*.jsonl")):
+        events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if not events or events[0]["op"] != "start":
+            path.unlink()
+            continue
+        first = events[0]
+        run_id = tracking.start_step_run(first["parent"] or None, first["step"], None, tags=first["tags"])
+        logger = tracking.MlflowLogger(run_id)
+        status, params, metrics = "KILLED", {}, []
+        for e in events[1:]:
+            if e["op"] == "params":
+                logger.log_params({k: v for k, v in e["params"].items() if k not in params})
+                params.update(e["params"])
+            elif e["op"] == "metrics":
+                metrics += [Metric(k, v, int(e["time"] * 1000), e["step"]) for k, v in e["metrics"].items()]
+            elif e["op"] == "artifact" and Path(e["path"]).exists():
+                logger.log_artifact(e["path"], e["artifact_path"])
+            elif e["op"] == "tags":
+                client.log_batch(run_id, tags=[RunTag(k, v) for k, v in e["tags"].items()])
+            elif e["op"] == "register":
+                version = tracking.register_model(run_id, e["artifact_path"], e["name"])
+                logger.set_tags({"facepipe.registered_model": f"{e['name']}/{version.version}"})
+            elif e["op"] == "end":
+                status, params = e["status"], {**e["params"], **params}
+        for i in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        _finish_run(run_id, params, status)
+        path.unlink()
+        created.append(run_id)
+    return created
 
 
 def _kfp_parent(step: str) -> str:
@@ -201,7 +332,8 @@ def run_step(step: str, config: Mapping[str, Any], inputs: Mapping[str, str | No
     started = time.time()
     try:
         computed = time.time()
-        result = _call_step(step, cfg, inputs, work, child.logger)
+        step_logger = _SeenMetrics(child.logger)
+        result = _call_step(step, cfg, inputs, work, step_logger)
         _record_timing(step, time.time() - computed)
         if work != out:
             _move_contents(work, out)
@@ -214,11 +346,13 @@ def run_step(step: str, config: Mapping[str, Any], inputs: Mapping[str, str | No
             Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
             Path(metrics.path).write_text(json.dumps(numbers, indent=2, sort_keys=True))
         info = {"step": step, "output": out_dir, "seconds": f"{seconds:.1f}",
-                "mlflow run": child.run_id or "(tracking off)"}
+                "mlflow run": child.label}
         report_path = Path(report.path) if report is not None else out / "report.html"
         write_report(report_path, step, cfg_dict, numbers, out, info)
-        if child.run_id:
-            child.logger.log_metrics({**numbers, "step_seconds": seconds})
+        if child.active:
+            # Final numbers, except those the step logged itself by training step.
+            child.logger.log_metrics({**{k: v for k, v in numbers.items() if k not in step_logger.seen},
+                                      "step_seconds": seconds})
             for png in plots(out):
                 child.logger.log_artifact(png, "plots")
             child.logger.log_artifact(report_path, "report")
@@ -232,7 +366,7 @@ def run_step(step: str, config: Mapping[str, Any], inputs: Mapping[str, str | No
 
             target = f"{output_uri.rstrip('/')}/{step}"
             storage.upload(str(out), target)
-            if child.run_id:
+            if child.active:
                 child.logger.set_tags({"facepipe.published": target})
     except BaseException:
         child.finish("FAILED")
@@ -250,13 +384,10 @@ def _record_timing(step: str, seconds: float) -> None:
 
 
 def _register(child: _ChildRun, out: Path, name: str) -> None:
-    from facepipe import tracking
-
     for file in ("model.pt", "model.onnx", "metrics.json"):
         if (out / file).exists():
             child.logger.log_artifact(out / file, "model")
-    version = tracking.register_model(child.run_id, "model", name)
-    child.logger.set_tags({"facepipe.registered_model": f"{name}/{getattr(version, 'version', version)}"})
+    child.register_model("model", name)
 
 
 def localize_data(data_uri: str, dest: str) -> None:

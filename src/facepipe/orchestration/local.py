@@ -270,7 +270,7 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
     import kfp.local
     from kfp import components
 
-    from facepipe.orchestration.component_runtime import PARENT_ENV, SCRATCH_ENV
+    from facepipe.orchestration.component_runtime import PARENT_ENV, SCRATCH_ENV, SPOOL_ENV
     from facepipe.orchestration.images import image_digests
 
     spec = PipelineSpec(pipeline or DEFAULT_PIPELINE)
@@ -303,6 +303,8 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
             tags.update({"facepipe.rerun_of": from_run, "facepipe.rerun_step": rerun_step or ""})
         parent_id = tracking.start_pipeline_run(experiment, tags)
         os.environ[PARENT_ENV] = parent_id
+        os.environ[SPOOL_ENV] = str(folder / "tracking-spool")
+        _replay_leftovers(base)
         _log_params(parent_id, values)
         record.mlflow = {"tracking_uri": uri, "experiment": experiment, "parent_run_id": parent_id}
         record.save(folder)
@@ -326,14 +328,27 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
         record.steps = _task_states(spec, folder / "kfp", record.status == "succeeded")
         record.save(folder)
         if parent_id:
+            from facepipe.orchestration.component_runtime import replay_spool
+
+            replay_spool(folder / "tracking-spool")
             _finish_parent(parent_id, record)
         os.environ.pop(PARENT_ENV, None)
+        os.environ.pop(SPOOL_ENV, None)
     if record.status == "interrupted":
         raise KeyboardInterrupt
     if record.status != "succeeded":
         raise FacepipeError(f"run {record.id} failed: {record.error.splitlines()[0] if record.error else ''}"
                             f" (steps: {record.steps}; see {folder})")
     return record
+
+
+def _replay_leftovers(base: Path) -> None:
+    """Tracking events of steps whose runner was killed before replaying them."""
+    from facepipe.orchestration.component_runtime import replay_spool
+
+    for spool in base.glob("*/tracking-spool"):
+        if any(spool.glob("*.jsonl")) and RunRecord.load(spool.parent).status != "running":
+            replay_spool(spool)
 
 
 def _finish_parent(parent_id: str, record: RunRecord) -> None:
