@@ -331,10 +331,9 @@ def run_step(step: str, config: Mapping[str, Any], inputs: Mapping[str, str | No
     child = _ChildRun(step, cfg_dict, parent_run_id, tags)
     started = time.time()
     try:
-        computed = time.time()
         step_logger = _SeenMetrics(child.logger)
         result = _call_step(step, cfg, inputs, work, step_logger)
-        _record_timing(step, time.time() - computed)
+        _record_timing(step, time.time() - started)
         if work != out:
             _move_contents(work, out)
             shutil.rmtree(work, ignore_errors=True)
@@ -397,9 +396,3 @@ def localize_data(data_uri: str, dest: str) -> None:
     if not data_uri:
         raise FacepipeError("localize_data needs a data URI")
     storage.download(data_uri, dest)
-
-
-def subdir(path: str, name: str) -> str | None:
-    """`path/name` when that folder exists (e.g. the detection/ part of a data folder), else None."""
-    p = Path(path) / name
-    return str(p) if p.exists() else None
