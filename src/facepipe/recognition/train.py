@@ -30,6 +30,7 @@ from facepipe.tracking import NullLogger, RunLogger
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
 KEEP_CHECKPOINTS = 2
+WARMUP_BUDGET_SHARE = 0.1
 
 
 # ------------------------------------------------------------------------------ processes
@@ -64,10 +65,11 @@ def _barrier(world: int) -> None:
 def lr_factor(step: int, total: int, warmup: int, schedule: str, time_fraction: float = 0.0) -> float:
     """Linear warmup, then polynomial (power 2), cosine or constant decay; multiplies cfg.lr.
 
-    With a time budget, decay progress is the larger of the step and the elapsed-time fractions.
+    With a time budget, decay progress is the larger of the step and the elapsed-time fractions,
+    and warmup ends after at most 10% of the budget (a slow machine may not reach `warmup` steps).
     """
-    if step < warmup:
-        return (step + 1) / warmup
+    if step < warmup and time_fraction < WARMUP_BUDGET_SHARE:
+        return max((step + 1) / warmup, time_fraction / WARMUP_BUDGET_SHARE)
     if schedule == "constant":
         return 1.0
     progress = min(1.0, max((step - warmup) / max(1, total - warmup), time_fraction))
@@ -213,9 +215,11 @@ def train_recognition(cfg: RecognitionTrainConfig, data_dir, out_dir, logger: Ru
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     device_kind = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
     rank, world, local_rank, started = _start_distributed(device_kind)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         return _train(cfg, data_dir, out_dir, logger if rank == 0 else NullLogger(), rank, world, local_rank)
     finally:
+        torch.use_deterministic_algorithms(was_deterministic)  # a process-wide switch: give it back
         if started:
             dist.destroy_process_group()
 
@@ -321,7 +325,9 @@ def _train(cfg, data_dir: Path, out_dir: Path, logger: RunLogger, rank: int, wor
 
     eval_metrics: dict = {}
     last_saved = {"step": state.step if resume_from is not None else -1}
-    progress = Progress(total_steps, "train-recognition", unit="step", enabled=rank == 0)
+    # with a time budget the step count is unknown: show rate, not a misleading ETA
+    progress = Progress(None if cfg.time_budget_min else total_steps, "train-recognition", unit="step",
+                        enabled=rank == 0)
     progress.n = state.step
     samples_per_s: list[float] = []
     window: list[dict] = []
