@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -412,5 +413,11 @@ def rerun(step: str, from_run: str, sets: Iterable[str] | None = None, *, root=N
             raise ConfigError(f"--set {item}: changing the data reruns everything; use `facepipe run`")
         qualified.append(f"{key}={value}")
     known = {k: v for k, v in earlier.arguments.items() if k in model.parameters}
-    return run_local(None, qualified, pipeline=spec.path, root=root, base_arguments=known, rerun_step=task,
-                     from_run=earlier.id, track=track, experiment=experiment)
+    record = run_local(None, qualified, pipeline=spec.path, root=root, base_arguments=known, rerun_step=task,
+                       from_run=earlier.id, track=track, experiment=experiment)
+    recomputed = [t for t, state in record.steps.items() if state == "executed" and t not in [task] + downstream]
+    if recomputed:
+        # Their cache entries or artifacts were gone (cleaned runs folder, other pipeline.yaml).
+        print(f"note: upstream steps {recomputed} were recomputed: run {earlier.id}'s cached outputs "
+              f"for them were not found", file=sys.stderr)
+    return record
