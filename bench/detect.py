@@ -8,7 +8,7 @@
 2. with --train: builds synthetic scenes (facepipe.data.synth) and A..H composites, times a few
    training steps, then trains a MobileNet-0.25 RetinaFace for as many epochs as fit in --minutes
    (resumable: rerun the same command to continue) and writes DIR/model.pt;
-3. measures images/s at 640x480 on CPU (one image at a time, 2 threads each) for both backbones
+3. measures images/s at 640x480 on CPU (one image at a time, --threads each) for both backbones
    (speed does not depend on the weights, so an untrained ResNet-50 is timed when no trained one is
    given) and for the Haar cascade (haarcascade_frontalface_default, scale 1.1, 3 neighbours);
 4. scores AP@0.5 (all-point), easy/medium/hard and recall at 1 FPPI of each on the composites
@@ -32,12 +32,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 LFW_DEV = ROOT.parent / "shared" / "data" / "lfw-dev"
-THREADS = 2
+# One thread by default: on a shared, oversubscribed machine OpenMP's spinning threads made
+# 2-thread training ~5x slower than 1 thread (measured here); --threads 2 on an idle machine.
+DEFAULT_THREADS = 1
 
-# Chosen for a 30 minute budget on a shared 2-core CPU: the small backbone at 256 px, SGD from
+# Chosen for a 30 minute budget on a shared 2-core CPU: the small backbone at 160 px (crops of the
+# 640x480 scenes, so faces are seen at 0.3-1x their size), SGD from
 # scratch with warmup and a cosine decay over the epochs that fit.
 TRAIN_DEFAULTS = {
-    "backbone": "mobilenet0.25", "image_size": 256, "batch_size": 16, "optimizer": "sgd", "lr": 0.01,
+    "backbone": "mobilenet0.25", "image_size": 160, "batch_size": 16, "optimizer": "sgd", "lr": 0.01,
     "momentum": 0.9, "weight_decay": 5e-4, "warmup_epochs": 0.5, "schedule": "cosine", "workers": 1,
     "checkpoint_every": 200, "log_every": 20, "eval_max_images": 60, "min_face_size": 4.0,
 }
@@ -114,7 +117,7 @@ def train(out: Path, lfw: Path, minutes: float, sets: dict, synth_scenes: int, c
     run_dir = out / "train"
     if not (run_dir / "checkpoints" / "last.pt").exists():
         probe_dir = Path(tempfile.mkdtemp(prefix="detect-probe-"))
-        probe = from_dict(DetectionTrainConfig, values | {"epochs": 1, "max_steps": 12, "export_onnx": False,
+        probe = from_dict(DetectionTrainConfig, values | {"epochs": 1, "max_steps": 4, "export_onnx": False,
                                                            "checkpoint_every": 0, "eval_max_images": 1})
         rate = train_detection(probe, data, probe_dir)["train.images_per_s"]
         shutil.rmtree(probe_dir, ignore_errors=True)
@@ -139,6 +142,7 @@ def main(argv=None) -> int:
     ap.add_argument("--resnet-model", help="a trained ResNet-50 detector model.pt")
     ap.add_argument("--images", type=int, default=100, help="evaluation composites (640x480)")
     ap.add_argument("--speed-images", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch and OpenCV threads")
     ap.add_argument("--train", action="store_true", help="train the detector first (needs --out)")
     ap.add_argument("--minutes", type=float, default=30.0, help="--train: total budget")
     ap.add_argument("--synth-scenes", type=int, default=800, help="--train: synthetic scenes (320 px)")
@@ -151,7 +155,8 @@ def main(argv=None) -> int:
         return 0
     if args.train and not args.out:
         ap.error("--train needs --out DIR")
-    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+    threads = args.threads
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
     from facepipe.config import from_dict, parse_sets
@@ -162,8 +167,8 @@ def main(argv=None) -> int:
     from facepipe.detection.infer import Detector
     from facepipe.detection.model import build_model
 
-    torch.set_num_threads(THREADS)
-    cv2.setNumThreads(THREADS)
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-detect-"))
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
@@ -210,7 +215,7 @@ def main(argv=None) -> int:
         print(f"{name}: {ips:.2f} images/s, AP@0.5 {results[name].get('ap50', float('nan')):.3f}", flush=True)
     base = results["haar"]["images_per_s"]
     print(f"\n{len(images)} composites 640x480 from lfw-dev I..K ({sum(len(t) for t in truth)} faces); "
-          f"speed over {len(speed_images)} images, {THREADS} threads, CPU")
+          f"speed over {len(speed_images)} images, {threads} thread(s), CPU")
     print(f"{'detector':28s} {'img/s':>8s} {'vs haar':>8s} {'AP50':>6s} {'easy':>6s} {'medium':>6s} "
           f"{'hard':>6s} {'R@1fppi':>8s}  weights")
     for name, r in results.items():
@@ -220,7 +225,7 @@ def main(argv=None) -> int:
         print(f"{name:28s} {r['images_per_s']:8.2f} {r['images_per_s'] / base:7.2f}x {acc} {recall}  {r['weights']}")
     plot_pr_curves(curves, out / "pr_curves.png", title="lfw-dev I..K composites, IoU 0.5")
     report = {"eval_images": len(images), "eval_faces": int(sum(len(t) for t in truth)), "size": "640x480",
-              "threads": THREADS, "results": results, "seconds": time.monotonic() - t_start,
+              "threads": threads, "results": results, "seconds": time.monotonic() - t_start,
               "torch": torch.__version__, "opencv": cv2.__version__}
     (out / "bench_detect.json").write_text(json.dumps(report, indent=2))
     print(f"\nreport: {out / 'bench_detect.json'}, PR curves: {out / 'pr_curves.png'}")

@@ -67,9 +67,40 @@ def model_from_checkpoint(blob: dict):
     return model.eval(), cfg
 
 
+def fuse_conv_bn(model: torch.nn.Module) -> torch.nn.Module:
+    """Fold each BatchNorm that directly follows a conv (in a Sequential) into the conv, in place.
+
+    Inference only (eval-mode statistics); removes a third of the memory passes of MobileNet.
+    """
+    from torch import nn
+
+    for module in model.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        for i in range(len(module) - 1):
+            conv, bn = module[i], module[i + 1]
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
+                continue
+            scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+            fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                              conv.dilation, conv.groups, bias=True).to(conv.weight.device)
+            fused.weight.data = conv.weight.detach() * scale.reshape(-1, 1, 1, 1)
+            bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            fused.bias.data = (bias - bn.running_mean) * scale + bn.bias.detach()
+            module[i], module[i + 1] = fused, nn.Identity()
+    return model
+
+
 class Detector:
     def __init__(self, model, cfg, device: str = "cpu", digest: str = ""):
-        self.model, self.cfg, self.device, self.digest = model.to(device), cfg, device, digest
+        import copy
+
+        # A fused copy: the caller's model (e.g. one still training) is left untouched.
+        fused = fuse_conv_bn(copy.deepcopy(model).eval())
+        memory_format = torch.channels_last if getattr(cfg, "channels_last", False) else torch.contiguous_format
+        self.model = fused.to(device).to(memory_format=memory_format)
+        self.memory_format = memory_format
+        self.cfg, self.device, self.digest = cfg, device, digest
         self._priors: dict[tuple[int, int], torch.Tensor] = {}
 
     @classmethod
@@ -106,7 +137,8 @@ class Detector:
         batch = np.zeros((len(resized), 3, height, width), np.float32)
         for b, im in enumerate(resized):
             batch[b, :, :im.shape[0], :im.shape[1]] = (im.astype(np.float32) - MEAN_BGR).transpose(2, 0, 1)
-        box_p, logit_p, lm_p = self.model(torch.from_numpy(batch).to(self.device))
+        inputs = torch.from_numpy(batch).to(self.device).contiguous(memory_format=self.memory_format)
+        box_p, logit_p, lm_p = self.model(inputs)
         priors = self.priors(height, width)
         var = self.cfg.variances
         frame = torch.tensor([width, height], dtype=torch.float32, device=self.device)
