@@ -132,23 +132,29 @@ def resolve(spec: ImageSpec, lock_path: Path, lock: dict[str, str], torch_req: s
     cached = work / f"{spec.name}.closure.{key}.json"
     if cached.exists():
         return json.loads(cached.read_text())
-    constraints = work / "constraints.txt"
+    scratch = Path(tempfile.mkdtemp(prefix="resolve-", dir=work))
+    constraints = scratch / "constraints.txt"
     # torch is pinned by the variant's spec instead (its local version label differs per variant).
     constraints.write_text("".join(f"{n}=={v}\n" for n, v in sorted(lock.items()) if n != "torch"))
-    report = work / f"{spec.name}.report.json"
+    report = scratch / f"{spec.name}.report.json"
     args = ["install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
             "-c", str(constraints), "-r", str(spec.requirements_in)]
     if torch_req:
         args.append(torch_req)
-    pip(args, f"resolving {spec.name}'s requirements")
-    closure = {}
-    for item in json.loads(report.read_text())["install"]:
-        closure[normalize(item["metadata"]["name"])] = item["metadata"]["version"]
+    try:
+        pip(args, f"resolving {spec.name}'s requirements")
+        closure = {}
+        for item in json.loads(report.read_text())["install"]:
+            closure[normalize(item["metadata"]["name"])] = item["metadata"]["version"]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     unpinned = sorted(n for n in closure if n not in lock)
     if unpinned:
         raise ImageBuildError(f"{spec.name} needs packages that {lock_path} does not pin: "
                               f"{', '.join(f'{n}=={closure[n]}' for n in unpinned)}; add them to the lock")
-    cached.write_text(json.dumps(closure, indent=1, sort_keys=True))
+    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(closure, indent=1, sort_keys=True))
+    os.replace(tmp, cached)
     return closure
 
 
@@ -165,8 +171,11 @@ def fetch_wheels(closure: dict[str, str], cache: Path, work: Path) -> dict[str, 
     if missing:
         reqs = work / "missing.txt"
         reqs.write_text("".join(f"{n}=={v}\n" for n, v in sorted(missing.items())))
-        pip(["wheel", "--no-deps", "--quiet", "--wheel-dir", str(cache), "-r", str(reqs)],
+        fetched = work / "fetched"
+        pip(["wheel", "--no-deps", "--quiet", "--wheel-dir", str(fetched), "-r", str(reqs)],
             f"fetching wheels for {', '.join(sorted(missing))}")
+        for w in fetched.glob("*.whl"):  # moved in whole, so a concurrent build never sees half a wheel
+            os.replace(w, cache / w.name)
         have = {wheel_name_version(p): p for p in cache.glob("*.whl")}
     out = {}
     for n, v in closure.items():
@@ -176,16 +185,16 @@ def fetch_wheels(closure: dict[str, str], cache: Path, work: Path) -> dict[str, 
     return out
 
 
-def build_project_wheel(out_dir: Path) -> Path:
+def build_project_wheel(out_dir: Path, project: Path = PROJECT) -> Path:
     """The facepipe wheel, built from a clean copy of pyproject.toml + src/ (no caches, no egg-info)."""
     src = out_dir / "src-copy"
     shutil.rmtree(src, ignore_errors=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    shutil.copytree(PROJECT / "src", src / "src", ignore=ignore)
-    shutil.copy2(PROJECT / "pyproject.toml", src / "pyproject.toml")
+    shutil.copytree(project / "src", src / "src", ignore=ignore)
+    shutil.copy2(project / "pyproject.toml", src / "pyproject.toml")
     for f in ("README.md", "LICENSE"):
-        if (PROJECT / f).exists():
-            shutil.copy2(PROJECT / f, src / f)
+        if (project / f).exists():
+            shutil.copy2(project / f, src / f)
     dist = out_dir / "project"
     shutil.rmtree(dist, ignore_errors=True)
     env = {**os.environ, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH}
@@ -403,11 +412,109 @@ def write_images_lock(path: Path, registry: str, entries: dict[str, dict]) -> No
 
 # ---------------------------------------------------------------- the build
 
+@dataclass
+class BuildRun:
+    """One `images.build` run: the options, the base image, the registry client and a scratch folder."""
+
+    host: str
+    namespace: str
+    push: bool
+    record_registry: str
+    requirements_lock: Path
+    pins: dict
+    recorded: dict
+    base_image: str
+    base_id: str
+    torch_variant: str
+    torch_override: str | None
+    env: dict
+    work: Path
+    creds: tuple[str, str] | None = None
+    api: Registry | None = None
+    docker_config: str = ""
+    logged_in: bool = False
+
+    def prepare(self, name: str, project_wheel: Path) -> tuple[Path, dict, str, int]:
+        """The image's build context, build args, content tag and number of pinned wheels."""
+        spec = IMAGES[name]
+        cache = CACHE / "work"
+        treq = torch_spec(self.torch_variant, self.pins, self.torch_override) if spec.torch else None
+        closure = resolve(spec, self.requirements_lock, self.pins, treq, cache)
+        shared = closure if name == SHARED else resolve(IMAGES[SHARED], self.requirements_lock, self.pins, None, cache)
+        missing = sorted(set(shared) - set(closure))
+        if missing:
+            raise ImageBuildError(f"{name} lacks {', '.join(missing)} of the shared {SHARED} set; "
+                                  f"add `-r {SHARED}.in` to {spec.requirements_in.name}")
+        extra = {n: v for n, v in closure.items() if n not in shared}
+        wheels = fetch_wheels(closure, CACHE / "wheels", self.work)
+        ctx = self.work / "context" / name
+        assemble_context(ctx, shared, extra, wheels, project_wheel)
+        build_args = {"BASE_IMAGE": self.base_image, "TORCH_VARIANT": self.torch_variant if spec.torch else "none",
+                      "FACEPIPE_VERSION": project_wheel.name.split("-")[1]}
+        return ctx, build_args, content_tag(ctx, self.base_id, build_args), len(closure)
+
+    def image(self, name: str, project_wheel: Path) -> Outcome:
+        t0 = time.monotonic()
+        ctx, build_args, tag, n_wheels = self.prepare(name, project_wheel)
+        repo_path = f"{self.namespace}/{name}" if self.namespace else name
+        ref = f"{self.host}/{repo_path}:{tag}"
+        out = Outcome(name, tag)
+        out.seconds["prepare"] = round(time.monotonic() - t0, 1)
+        print(f"{name}: content tag {tag} ({n_wheels} pinned wheels)", flush=True)
+
+        if self.push:
+            served = self.api.manifest_digest(repo_path, tag)
+            if served:
+                want = self.recorded.get(name, {})
+                if want.get("tag") == tag and want.get("digest") == served:
+                    print(f"{name}: {ref} already pushed as {served}: nothing to do", flush=True)
+                else:
+                    # The same content tag means the same build context: adopt what the registry holds.
+                    print(f"{name}: {ref} already in the registry as {served}: recording it", flush=True)
+                out.digest = served
+                return out
+
+        if not local_image_exists(ref, self.env):
+            t1 = time.monotonic()
+            args = {**build_args, "CONTENT_TAG": tag}
+            docker(["build", "--network", "none", "--pull=false", "--force-rm", "-t", ref,
+                    *[a for k, v in args.items() for a in ("--build-arg", f"{k}={v}")],
+                    "-f", str(ctx / "Dockerfile"), str(ctx)], f"docker build {name}", self.env, stream=name)
+            out.built = True
+            out.seconds["build"] = round(time.monotonic() - t1, 1)
+        out.size = int(docker(["image", "inspect", "--format", "{{.Size}}", ref], "inspect", self.env).strip())
+        print(f"{name}: {ref} {'built in %.0f s' % out.seconds['build'] if out.built else 'exists locally'}"
+              f" ({out.size / 1e6:.0f} MB)", flush=True)
+        if self.push:
+            self.push_and_verify(out, ref, repo_path)
+        return out
+
+    def push_and_verify(self, out: Outcome, ref: str, repo_path: str) -> None:
+        """docker push, then three checks: its exit code, the digest it reports, and the registry
+        serving that very digest for the tag."""
+        if self.creds and not self.logged_in:
+            self.env["DOCKER_CONFIG"] = self.docker_config
+            docker_login(self.host, self.creds, self.env)
+            self.logged_in = True
+        t = time.monotonic()
+        log = docker(["push", ref], f"docker push {ref}", self.env, stream=out.name)
+        out.seconds["push"] = round(time.monotonic() - t, 1)
+        m = re.search(rf"{re.escape(out.tag)}: digest: (sha256:[0-9a-f]{{64}}) size: \d+", log)
+        if not m:
+            raise ImageBuildError(f"docker push {ref} reported no digest:\n{log[-2000:]}")
+        served = self.api.manifest_digest(repo_path, out.tag)
+        if served != m.group(1):
+            raise ImageBuildError(f"push of {ref} not verified: pushed {m.group(1)}, registry serves {served}")
+        out.digest, out.pushed = served, True
+        print(f"{out.name}: pushed in {out.seconds['push']:.0f} s and verified {ref} -> {served}", flush=True)
+
+
 def build_images(registry: str, push: bool = True, lock_out: Path = DEFAULT_LOCK,
                  requirements_lock: Path = PROJECT / "requirements.lock", names: list[str] | None = None,
                  torch_variant: str = "cpu", torch_override: str | None = None,
                  record_registry: str | None = None, base_image: str = BASE_IMAGE,
-                 base_tar: Path | None = None, env: dict | None = None) -> list[Outcome]:
+                 base_tar: Path | None = None, env: dict | None = None, project: Path = PROJECT) -> list[Outcome]:
+    """Build (and push) the images; `project` is the source checkout whose src/ becomes the wheel."""
     env = dict(env or os.environ)
     env["DOCKER_BUILDKIT"] = "0"  # the classic builder: no buildx plugin here, --network none works
     host, namespace = split_registry(registry)
@@ -424,91 +531,28 @@ def build_images(registry: str, push: bool = True, lock_out: Path = DEFAULT_LOCK
     pins = read_lock(requirements_lock)
     previous = read_images_lock(lock_out)
     recorded = previous.get("images", {}) if previous.get("registry") == record_registry else {}
-
     try:
         base_id = ensure_base(base_image, base_tar, env=env)
     except BaseImageError as exc:
         raise ImageBuildError(str(exc)) from None
 
-    creds = credentials(host) if push else None
-    api = Registry(host, creds) if push else None
-    work = CACHE / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    t = time.monotonic()
-    project_wheel = build_project_wheel(work)
-    prep_s = time.monotonic() - t
-    outcomes: list[Outcome] = []
-    logged_in = False
-    with tempfile.TemporaryDirectory(prefix="facepipe-docker-config-") as docker_config:
-        for name in names:
-            spec = IMAGES[name]
-            t0 = time.monotonic()
-            treq = torch_spec(torch_variant, pins, torch_override) if spec.torch else None
-            closure = resolve(spec, requirements_lock, pins, treq, work)
-            shared = closure if name == SHARED else resolve(IMAGES[SHARED], requirements_lock, pins, None, work)
-            missing = sorted(set(shared) - set(closure))
-            if missing:
-                raise ImageBuildError(f"{name} lacks {', '.join(missing)} of the shared {SHARED} set; "
-                                      f"add `-r {SHARED}.in` to {spec.requirements_in.name}")
-            extra = {n: v for n, v in closure.items() if n not in shared}
-            wheels = fetch_wheels(closure, CACHE / "wheels", work)
-            ctx = CACHE / "context" / name
-            assemble_context(ctx, shared, extra, wheels, project_wheel)
-            build_args = {"BASE_IMAGE": base_image, "TORCH_VARIANT": torch_variant if spec.torch else "none",
-                          "FACEPIPE_VERSION": project_wheel.name.split("-")[1]}
-            tag = content_tag(ctx, base_id, build_args)
-            repo_path = f"{namespace}/{name}" if namespace else name
-            ref = f"{host}/{repo_path}:{tag}"
-            out = Outcome(name, tag)
-            out.seconds["prepare"] = round(time.monotonic() - t0 + prep_s, 1)
-            print(f"{name}: content tag {tag} ({len(closure)} pinned wheels)", flush=True)
-
-            if push:
-                served = api.manifest_digest(repo_path, tag)
-                want = recorded.get(name, {})
-                if served and want.get("tag") == tag and want.get("digest") == served:
-                    print(f"{name}: {ref} already pushed as {served}: nothing to do", flush=True)
-                    out.digest = served
-                    outcomes.append(out)
-                    continue
-                if served:
-                    # Same content tag means the same build context: adopt what the registry holds.
-                    print(f"{name}: {ref} already in the registry as {served}: recording it", flush=True)
-                    out.digest = served
-                    outcomes.append(out)
-                    continue
-
-            if not local_image_exists(ref, env):
-                t1 = time.monotonic()
-                docker(["build", "--network", "none", "--pull=false", "--force-rm", "-t", ref,
-                        *[a for k, v in {**build_args, "CONTENT_TAG": tag}.items() for a in ("--build-arg", f"{k}={v}")],
-                        "-f", str(ctx / "Dockerfile"), str(ctx)], f"docker build {name}", env, stream=name)
-                out.built = True
-                out.seconds["build"] = round(time.monotonic() - t1, 1)
-            out.size = int(docker(["image", "inspect", "--format", "{{.Size}}", ref], "inspect", env).strip())
-            print(f"{name}: {ref} {'built in %.0f s' % out.seconds['build'] if out.built else 'exists locally'}"
-                  f" ({out.size / 1e6:.0f} MB)", flush=True)
-
-            if push:
-                if creds and not logged_in:
-                    env["DOCKER_CONFIG"] = docker_config
-                    docker_login(host, creds, env)
-                    logged_in = True
-                t2 = time.monotonic()
-                log = docker(["push", ref], f"docker push {ref}", env, stream=name)
-                out.seconds["push"] = round(time.monotonic() - t2, 1)
-                m = re.search(rf"{re.escape(tag)}: digest: (sha256:[0-9a-f]{{64}}) size: \d+", log)
-                if not m:
-                    raise ImageBuildError(f"docker push {ref} reported no digest:\n{log[-2000:]}")
-                served = api.manifest_digest(repo_path, tag)
-                if served != m.group(1):
-                    raise ImageBuildError(f"push of {ref} not verified: pushed {m.group(1)}, "
-                                          f"registry serves {served}")
-                out.digest, out.pushed = served, True
-                print(f"{name}: pushed in {out.seconds['push']:.0f} s and verified {ref} -> {served}", flush=True)
-            outcomes.append(out)
-        if logged_in:
-            subprocess.run(["docker", "logout", host], env=env, capture_output=True)
+    (CACHE / "work").mkdir(parents=True, exist_ok=True)
+    # This run's own folder (contexts, project wheel): concurrent builds must not share one.
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=CACHE / "work"))
+    run = BuildRun(host, namespace, push, record_registry, requirements_lock, pins, recorded, base_image,
+                   base_id, torch_variant, torch_override, env, work)
+    if push:
+        run.creds = credentials(host)
+        run.api = Registry(host, run.creds)
+    try:
+        with tempfile.TemporaryDirectory(prefix="facepipe-docker-config-") as docker_config:
+            run.docker_config = docker_config
+            project_wheel = build_project_wheel(work, project)
+            outcomes = [run.image(name, project_wheel) for name in names]
+            if run.logged_in:
+                subprocess.run(["docker", "logout", host], env=env, capture_output=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
     if push:
         entries = dict(recorded)

@@ -42,6 +42,13 @@ def _wait(check, what: str, timeout: float, proc: subprocess.Popen, log: Path) -
     raise RuntimeError(f"{what} not ready after {timeout:.0f} s; log {log}:\n{log.read_text()[-3000:]}")
 
 
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this child when its parent dies (a killed test run leaves no engine)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _stop(proc: subprocess.Popen | None, timeout: float = 20) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -62,6 +69,7 @@ class Sandbox:
     dockerd: subprocess.Popen | None = None
     registry: subprocess.Popen | None = None
     env: dict = field(default_factory=dict)
+    die_with_parent: bool = True
 
     @property
     def registry_host(self) -> str:
@@ -70,6 +78,10 @@ class Sandbox:
     @property
     def socket(self) -> Path:
         return self.root / "docker.sock"
+
+    @property
+    def _preexec(self):
+        return _die_with_parent if self.die_with_parent else None
 
     def start(self) -> "Sandbox":
         self.root.mkdir(parents=True, exist_ok=True)
@@ -85,7 +97,7 @@ class Sandbox:
                 ["dockerd", "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
                  "--pidfile", str(self.root / "dockerd.pid"), "-H", f"unix://{self.socket}",
                  "--storage-driver=overlay2", "--iptables=false", "--bridge=none"],
-                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+                stdout=f, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=self._preexec)
 
         def engine_ready() -> bool:
             return subprocess.run(["docker", "version"], env=self.env, capture_output=True).returncode == 0
@@ -100,7 +112,8 @@ class Sandbox:
         rlog = self.root / "registry.log"
         with open(rlog, "wb") as f:
             self.registry = subprocess.Popen(["docker-registry", "serve", str(cfg)], stdout=f,
-                                             stderr=subprocess.STDOUT, start_new_session=True)
+                                             stderr=subprocess.STDOUT, start_new_session=True,
+                                             preexec_fn=self._preexec)
 
         def registry_ready() -> bool:
             try:
