@@ -117,9 +117,9 @@ def train(out: Path, lfw: Path, minutes: float, sets: dict, synth_scenes: int, c
     run_dir = out / "train"
     if not (run_dir / "checkpoints" / "last.pt").exists():
         probe_dir = Path(tempfile.mkdtemp(prefix="detect-probe-"))
-        probe = from_dict(DetectionTrainConfig, values | {"epochs": 1, "max_steps": 4, "export_onnx": False,
+        probe = from_dict(DetectionTrainConfig, values | {"epochs": 1, "max_steps": 8, "export_onnx": False,
                                                            "checkpoint_every": 0, "eval_max_images": 1})
-        rate = train_detection(probe, data, probe_dir)["train.images_per_s"]
+        rate = train_detection(probe, data, probe_dir)["train.steady_images_per_s"]
         shutil.rmtree(probe_dir, ignore_errors=True)
         left_s = minutes * 60 - (time.monotonic() - t0) - 150  # keep time for export, validation, scoring
         epochs = max(1, int(rate * left_s / n_train))

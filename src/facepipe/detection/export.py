@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +36,15 @@ def export_onnx(model: nn.Module, path: str | Path, image_size: int, tolerance: 
     wrapper = ExportedRetinaFace(model).eval()
     stride = 32
     trace = torch.zeros(1, 3, image_size, image_size)
-    torch.onnx.export(wrapper, (trace,), str(path), dynamo=False, opset_version=17,
-                      input_names=["input"], output_names=["boxes", "scores", "landmarks"],
-                      dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"},
-                                    "boxes": {0: "batch", 1: "priors"}, "scores": {0: "batch", 1: "priors"},
-                                    "landmarks": {0: "batch", 1: "priors"}})
+    # The TorchScript exporter: the torch.export one needs onnxscript, which is not a dependency.
+    # It warns that it is deprecated; the warning is not the user's to act on.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(wrapper, (trace,), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["boxes", "scores", "landmarks"],
+                          dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"},
+                                        "boxes": {0: "batch", 1: "priors"}, "scores": {0: "batch", 1: "priors"},
+                                        "landmarks": {0: "batch", 1: "priors"}})
     generator = torch.Generator().manual_seed(0)
     h = max(stride, (image_size // 2) // stride * stride)
     check = torch.rand(2, 3, h, h + stride, generator=generator) * 255 - 117

@@ -197,7 +197,7 @@ def train_detection(cfg: DetectionTrainConfig, data_dir: str | Path, out_dir: st
 
     stop_at = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
     t0 = time.monotonic()
-    seen = 0
+    seen, first_step, seen_at_steady, t_steady = 0, step, None, t0
     train_model.train()
     with Progress(stop_at - step, "training", unit="step") as progress:
         for images, targets in loader:
@@ -219,6 +219,8 @@ def train_detection(cfg: DetectionTrainConfig, data_dir: str | Path, out_dir: st
             scaler.update()
             step += 1
             seen += images.shape[0] * dist.world
+            if seen_at_steady is None and step - first_step >= 2:  # past start-up (workers, allocator)
+                t_steady, seen_at_steady = time.monotonic(), seen
             record = {"step": step, "lr": lr, **{k: float(v.detach()) for k, v in losses.items()}}
             history.append(record)
             progress.update(1, loss=record["loss"])
@@ -236,6 +238,9 @@ def train_detection(cfg: DetectionTrainConfig, data_dir: str | Path, out_dir: st
     metrics = {"train.steps": step, "train.total_steps": total_steps, "train.finished": step >= total_steps,
                "train.epochs_done": step / spe, "train.seconds": elapsed,
                "train.images_per_s": seen / max(elapsed, 1e-9),
+               "train.steady_images_per_s": ((seen - seen_at_steady) / max(time.monotonic() - t_steady, 1e-9)
+                                             if seen_at_steady is not None and seen > seen_at_steady
+                                             else seen / max(elapsed, 1e-9)),
                "train.final_loss": float(np.mean([h["loss"] for h in history[-max(1, spe):]])) if history else None,
                "train.first_loss": history[0]["loss"] if history else None,
                "train.images": len(train_samples), "train.world_size": dist.world}

@@ -1,0 +1,71 @@
+"""The commands a user runs: train-detection, detect, evaluate detection; and LFW composites."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+
+from facepipe.cli import main
+from facepipe.manifest import read_manifest
+
+
+def test_train_detect_evaluate_commands(scenes, tmp_path, capsys):
+    job = tmp_path / "job.yaml"
+    job.write_text("train_detection:\n  image_size: 64\n  batch_size: 4\n  epochs: 1\n  eval_max_images: 2\n"
+                   "  crop_scales: [0.8, 1.0]\n")
+    model_dir = tmp_path / "model"
+    assert main(["train-detection", str(scenes), str(model_dir), "--config", str(job),
+                 "--set", "max_steps=2", "--set", "checkpoint_every=1"]) == 0
+    assert json.loads((model_dir / "metrics.json").read_text())["train.steps"] == 2
+    model = model_dir / "model.pt"
+
+    out = tmp_path / "detect"
+    images = scenes / "test" / "images"
+    one = sorted(images.glob("*.jpg"))[0]
+    assert main(["detect", "--model", str(model), str(images), "--out", str(out), "--score-threshold", "0.0",
+                 "--scales", "1,1.5"]) == 0
+    found = json.loads((out / "detections.json").read_text())
+    assert one.name in found
+    rows = found[one.name]
+    assert rows and all(len(r) == 15 for r in rows)
+    annotated = cv2.imread(str(out / "annotated" / one.name))
+    assert annotated.shape == cv2.imread(str(one)).shape
+    assert "detections.json" in read_manifest(out, verify=True)["files"]
+
+    ev = tmp_path / "eval"
+    assert main(["evaluate", "detection", "--model", str(model), "--data", str(scenes), "--out", str(ev)]) == 0
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert 0.0 <= metrics["detection.ap50"] <= 1.0
+    assert {"detection.ap50_easy", "detection.ap50_medium", "detection.ap50_hard",
+            "detection.recall_at_1fppi"} <= set(metrics)
+    assert (ev / "pr_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["detect", "--model", str(model), str(tmp_path / "no.jpg"), "--out", str(out)]) == 2
+    assert "no.jpg" in capsys.readouterr().err
+
+
+def test_composites_paste_faces_at_known_boxes(lfw_dev, tmp_path):
+    from facepipe.data.composite import CompositeConfig, build_composites
+    from facepipe.data.labels import read_labels
+
+    cfg = CompositeConfig(scenes=3, width=320, height=240, faces_min=2, faces_max=3, first_letters="IJK",
+                          negative_fraction=0.0, seed=5)
+    report = build_composites(cfg, lfw_dev, tmp_path)
+    labels = read_labels(tmp_path / "label.txt")
+    assert len(labels) == 3 and report["faces"] == sum(len(x.faces) for x in labels) >= 3
+    for item in labels:
+        image = cv2.imread(str(tmp_path / "images" / item.path))
+        assert image.shape == (240, 320, 3)
+        for face in item.faces:
+            x, y, w, h = face.box
+            assert face.landmarks is None and w == h >= cfg.min_face
+            assert x >= 0 and y >= 0 and x + w <= 320 and y + h <= 240
+            # The pasted photo is there: the box is not flat background.
+            assert image[int(y):int(y + h), int(x):int(x + w)].std() > 5
+    # Same config, same scenes.
+    again = build_composites(cfg, lfw_dev, tmp_path / "again")
+    assert again == report
+    a = cv2.imread(str(tmp_path / "images" / labels[0].path))
+    b = cv2.imread(str(tmp_path / "again" / "images" / labels[0].path))
+    assert np.array_equal(a, b)

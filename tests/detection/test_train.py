@@ -1,0 +1,117 @@
+"""Training on synthetic scenes: the loss falls and AP rises; resume is exact; ONNX agrees with PyTorch."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from facepipe.config import from_dict
+from facepipe.detection.config import DetectionTrainConfig
+from facepipe.detection.data import load_samples, read_image
+from facepipe.detection.evaluate import ground_truth_boxes, score_detections
+from facepipe.detection.infer import Detector
+from facepipe.detection.model import build_model
+from facepipe.detection.train import train_detection
+from facepipe.errors import ConfigError
+from facepipe.manifest import read_manifest
+from facepipe.tracking import MemoryLogger
+
+from .conftest import TINY
+
+
+def _val_ap(detector, samples) -> float:
+    predictions = [detector.detect(read_image(s.path), 0.02, 0.4) for s in samples]
+    return score_detections(predictions, ground_truth_boxes(samples))[0]["detection.ap50"]
+
+
+@pytest.fixture(scope="module")
+def trained(scenes, tmp_path_factory):
+    cfg = from_dict(DetectionTrainConfig, dict(image_size=128, batch_size=8, epochs=24, lr=0.02,
+                                               warmup_epochs=1, schedule="cosine", checkpoint_every=0,
+                                               log_every=5, crop_scales=[0.6, 0.8, 1.0], seed=1))
+    out = tmp_path_factory.mktemp("trained")
+    logger = MemoryLogger()
+    metrics = train_detection(cfg, scenes, out, logger)
+    return cfg, out, metrics, logger
+
+
+def test_loss_falls_and_ap_rises(trained, scenes):
+    cfg, out, metrics, logger = trained
+    losses = [v for k, v, _ in logger.metrics if k == "train.loss"]
+    assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3])
+    val = load_samples(scenes / "val" / "label.txt")
+    torch.manual_seed(cfg.seed)
+    untrained = Detector(build_model(cfg).eval(), cfg)
+    before = _val_ap(untrained, val)
+    after = _val_ap(Detector.load(out / "model.pt"), val)
+    assert after == pytest.approx(metrics["val.ap50"], abs=1e-6)
+    assert after > max(0.15, 5 * before), (before, after)
+    # What a user gets in OUT, the manifest written last and covering it all.
+    names = set(read_manifest(out, verify=True)["files"])
+    assert {"model.pt", "model.onnx", "metrics.json", "loss_curve.png", "pr_curve.png"} <= names
+    assert json.loads((out / "metrics.json").read_text())["train.finished"] is True
+    assert logger.params["backbone"] == "mobilenet0.25"
+
+
+def test_detector_output_layout(trained, scenes):
+    _, out, _, _ = trained
+    detector = Detector.load(out / "model.pt")
+    images = [read_image(s.path) for s in load_samples(scenes / "val" / "label.txt")[:3]]
+    batch = detector.detect_batch(images, 0.3, 0.4)
+    for image, dets in zip(images, batch):
+        single = detector.detect(image, 0.3, 0.4)
+        assert dets.shape[1] == 15 and dets.dtype == np.float32
+        assert (dets[:, 4] >= 0.3).all() and (np.diff(dets[:, 4]) <= 0).all()
+        assert (dets[:, 2] > dets[:, 0]).all() and (dets[:, 3] > dets[:, 1]).all()
+        # Padding a batch does not move faces found in an image on its own.
+        if len(single):
+            assert np.abs(dets[0, :5] - single[0, :5]).max() < 1.0
+    # Multi-scale finds at least what one scale finds at the same threshold, merged by NMS.
+    multi = detector.detect(images[0], 0.3, 0.4, scales=(1.0, 2.0))
+    assert multi.shape[1] == 15
+    assert len(detector.digest) == 64
+
+
+def test_onnx_export_agrees_with_pytorch(trained):
+    _, out, metrics, _ = trained
+    assert metrics["onnx.max_abs_diff"] < 1e-3
+    detector = Detector.load(out / "model.pt")
+    x = torch.from_numpy(np.random.default_rng(0).uniform(-120, 130, (1, 3, 96, 160)).astype(np.float32))
+    with torch.no_grad():
+        boxes, logits, landmarks = detector.model(x)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    o_boxes, o_scores, o_landmarks = session.run(None, {"input": x.numpy()})
+    np.testing.assert_allclose(o_boxes, boxes.numpy(), atol=1e-3)
+    np.testing.assert_allclose(o_scores, torch.softmax(logits, -1)[..., 1].numpy(), atol=1e-4)
+    np.testing.assert_allclose(o_landmarks, landmarks.numpy(), atol=1e-3)
+
+
+def test_resume_gives_identical_weights(scenes, tmp_path):
+    straight = tmp_path / "straight"
+    train_detection(from_dict(DetectionTrainConfig, TINY | {"max_steps": 5}), scenes, straight)
+    resumed = tmp_path / "resumed"
+    first = train_detection(from_dict(DetectionTrainConfig, TINY | {"max_steps": 2, "checkpoint_every": 1}),
+                            scenes, resumed)
+    assert first["train.steps"] == 2 and first["train.finished"] is False
+    second = train_detection(from_dict(DetectionTrainConfig, TINY | {"max_steps": 5}), scenes, resumed)
+    assert second["train.steps"] == 5
+    a = torch.load(straight / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(resumed / "model.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # A resume with a changed training setting is refused, naming the key.
+    with pytest.raises(ConfigError, match="lr"):
+        train_detection(from_dict(DetectionTrainConfig, TINY | {"max_steps": 6, "lr": 0.5}), scenes, resumed)
+
+
+def test_amp_trains_and_saves_float32_weights(scenes, tmp_path):
+    metrics = train_detection(from_dict(DetectionTrainConfig, TINY | {"max_steps": 2, "amp": True}), scenes,
+                              tmp_path)
+    assert np.isfinite(metrics["train.final_loss"])
+    blob = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert blob["kind"] == "detector" and blob["state_dict"]["body.stage1.0.0.weight"].dtype == torch.float32
