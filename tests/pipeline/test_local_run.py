@@ -82,6 +82,9 @@ def test_every_step_executes_and_outputs_are_published_to_obs(first_run, obs_ser
     with obs_server.env():
         for step in ("pack", "train_detection", "train_recognition", "build_gallery", "evaluate"):
             assert storage.is_complete(f"obs://facepipe-out/first/{step}"), step
+    metrics = json.loads(Path(record["outputs"]["metrics"]).read_text())
+    for key in ("verification.accuracy", "identification.rank1", "detection.ap50"):
+        assert 0.0 <= metrics[key] <= 1.0, key
     # The summary says where things are.
     assert record["outputs"]["recognizer"] in done.stdout and record["mlflow"]["parent_run_id"] in done.stdout
 

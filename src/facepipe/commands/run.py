@@ -39,6 +39,10 @@ def print_summary(record, root) -> None:
         if evaluation and Path(evaluation).is_dir():
             for png in sorted(Path(evaluation).rglob("*.png"))[:8]:
                 print(f"  {'plot':12s} {png}")
+        skipped = Path(evaluation or "", "metrics.json")
+        if evaluation and skipped.is_file():
+            for part, why in (json.loads(skipped.read_text()).get("evaluate.skipped") or {}).items():
+                print(f"  skipped {part}: {why}")
         metrics = record.outputs.get("metrics")
         if metrics and Path(metrics).is_file():
             print("metrics:")
