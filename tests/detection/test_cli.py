@@ -69,3 +69,41 @@ def test_composites_paste_faces_at_known_boxes(lfw_dev, tmp_path):
     a = cv2.imread(str(tmp_path / "images" / labels[0].path))
     b = cv2.imread(str(tmp_path / "again" / "images" / labels[0].path))
     assert np.array_equal(a, b)
+
+
+def test_train_detection_logs_to_mlflow(scenes, tmp_path, monkeypatch):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "detection-test")
+    assert main(["train-detection", str(scenes), str(tmp_path / "m"), "--image-size", "64", "--batch-size", "4",
+                 "--epochs", "1", "--set", "max_steps=2", "--set", "log_every=1", "--set", "eval_max_images=2",
+                 "--set", "export_onnx=false"]) == 0
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("detection-test").experiment_id])
+    assert run.data.params["backbone"] == "mobilenet0.25" and run.data.params["image_size"] == "64"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train.loss")] == [1, 2]
+    assert "val.ap50" in run.data.metrics
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"metrics.json", "loss_curve.png"}
+
+
+def test_torchrun_ddp_two_processes(scenes, tmp_path, project_root):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", "-m", "facepipe.cli", "train-detection", str(scenes), str(out),
+                           "--image-size", "64", "--batch-size", "4", "--epochs", "1",
+                           "--set", "eval_max_images=2", "--set", "export_onnx=false"],
+                          cwd=project_root, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    train_images = len([line for line in (scenes / "train" / "label.txt").read_text().splitlines()
+                        if line.startswith("#")])
+    # Each step takes 4 images on each of the 2 processes.
+    assert metrics["train.world_size"] == 2 and metrics["train.steps"] == train_images // 8
+    assert "model.pt" in read_manifest(out, verify=True)["files"]
