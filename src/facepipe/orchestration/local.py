@@ -39,6 +39,9 @@ DEFAULT_JOB = PROJECT_ROOT / "jobs" / "demo.yaml"
 RUNS_ENV = "FACEPIPE_RUNS_DIR"
 EXPERIMENT = "facepipe"
 RUN_RECORD = "run.json"
+# libyaml when present: the spec is large and the pure-Python parser takes a second on it.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 def runs_dir(path: str | Path | None = None) -> Path:
@@ -62,7 +65,7 @@ class PipelineSpec:
         self.path = Path(path)
         try:
             # The pipeline spec, then (with kfp.kubernetes settings) the platform spec.
-            self.documents = list(yaml.safe_load_all(self.path.read_text()))
+            self.documents = list(yaml.load_all(self.path.read_text(), Loader=_YAML_LOADER))
         except FileNotFoundError:
             raise ConfigError(f"{self.path}: pipeline spec not found; run `make compile`") from None
         self.spec = self.documents[0]
@@ -131,7 +134,7 @@ class PipelineSpec:
                 task["cachingOptions"] = {}
             if not retries:
                 task.pop("retryPolicy", None)
-        return yaml.safe_dump_all([spec] + self.documents[1:], sort_keys=False)
+        return yaml.dump_all([spec] + self.documents[1:], Dumper=_YAML_DUMPER, sort_keys=False)
 
 
 @dataclass
