@@ -53,3 +53,20 @@ def test_bad_config_value_names_the_key():
 
     with pytest.raises(ConfigError, match="size"):
         decode_config("pack", step_values("pack", size="big"))
+
+
+def test_component_reads_obs_and_publishes_to_s3(kfp_local, synth_small, obs_env, s3_env):
+    """Given data from obs:// (Huawei OBS SDK, v4) and outputs published to s3:// (boto3, SigV4-checked)."""
+    from components.pack.component import pack
+    from facepipe import storage
+
+    obs_env.create_bucket("pack-in")
+    s3_env.create_bucket("pack-out")
+    storage.upload(synth_small, "obs://pack-in/small")
+    task = pack(synth_config=step_values("synth"), pack_config=step_values("pack", size=64),
+                data_uri="obs://pack-in/small", output_uri="s3://pack-out/run", mlflow_parent_run_id="")
+    assert json.loads(Path(task.outputs["metrics"].path).read_text())["images_packed"] == 160.0
+    assert storage.is_complete("s3://pack-out/run/pack")
+    local = Path(kfp_local) / "published"
+    storage.download("s3://pack-out/run/pack", local)
+    assert (local / "train.rec").read_bytes() == (Path(task.outputs["records"].path) / "train.rec").read_bytes()
