@@ -9,6 +9,7 @@ REGISTRY ?= swr.$(REGION).myhuaweicloud.com/$(ORG)
 # Written by `make push-images`, read by `make compile` (pins the pipeline's images by digest).
 IMAGES_LOCK ?= images/images.lock.json
 TORCH_VARIANT ?= cpu
+IMAGES_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-fast test-containers compile images push-images mlflow-ui bench clean
@@ -41,10 +42,10 @@ compile: setup
 
 # Offline builds: wheels are fetched on the host into the build context; images/README.md.
 images: setup
-	$(BIN)/python -m images.build --registry $(REGISTRY) --torch-variant $(TORCH_VARIANT) --no-push
+	$(BIN)/python -m images.build --registry $(REGISTRY) --torch-variant $(TORCH_VARIANT) --no-push $(IMAGES_ARGS)
 
 push-images: setup
-	$(BIN)/python -m images.build --registry $(REGISTRY) --torch-variant $(TORCH_VARIANT) --lock $(IMAGES_LOCK)
+	$(BIN)/python -m images.build --registry $(REGISTRY) --torch-variant $(TORCH_VARIANT) --lock $(IMAGES_LOCK) $(IMAGES_ARGS)
 
 mlflow-ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host 127.0.0.1 --port 5000

@@ -31,7 +31,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from images.base import BASE_IMAGE, BaseImageError, base_identity, ensure_base
+from images.base import BASE_IMAGE, BaseImageError, ensure_base
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
@@ -590,11 +590,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--record-registry", help="write the lock's references under this registry name "
                    "(for a mirror serving the same manifests); default --registry")
     p.add_argument("--base-tar", type=Path, help="reuse/keep the base root file system tarball here")
+    p.add_argument("--source", type=Path, default=PROJECT,
+                   help="source tree (pyproject.toml + src/) to build the facepipe wheel from (default: this checkout)")
     a = p.parse_args(argv)
     try:
         outcomes = build_images(a.registry, push=not a.no_push, lock_out=a.lock, requirements_lock=a.requirements,
                                 names=a.image, torch_variant=a.torch_variant, torch_override=a.torch_spec,
-                                record_registry=a.record_registry, base_tar=a.base_tar)
+                                record_registry=a.record_registry, base_tar=a.base_tar, project=a.source)
     except ImageBuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

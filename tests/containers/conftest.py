@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.containers.harness import PROJECT_ROOT, TIMINGS, make_push_images
+from tests.containers.harness import PROJECT_ROOT, TIMINGS, make_push_images, summary_table
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -76,14 +76,25 @@ def registry_password() -> str:
 
 
 @pytest.fixture(scope="session")
-def pushed(sandbox, base_image, tmp_path_factory, registry_password):
+def source(tmp_path_factory) -> Path:
+    """A snapshot of the project's source: the images are built from it, so edits made to the
+    checkout while the tier runs cannot change the content tags between the two pushes."""
+    snap = tmp_path_factory.mktemp("source")
+    shutil.copytree(PROJECT_ROOT / "src", snap / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy2(PROJECT_ROOT / "pyproject.toml", snap / "pyproject.toml")
+    return snap
+
+
+@pytest.fixture(scope="session")
+def pushed(sandbox, base_image, tmp_path_factory, registry_password, source):
     """`make push-images` into the sandbox registry, with credentials in the environment (the
     registry accepts any: it proves the login path runs and that secrets stay out of everything)."""
     registry = f"{sandbox.registry_host}/facepipe"
     lock = tmp_path_factory.mktemp("lock") / "images.lock.json"
     creds = {"REGISTRY_USERNAME": "facepipe-ci", "REGISTRY_PASSWORD": registry_password}
-    proc, seconds = make_push_images(sandbox, registry, lock, creds)
+    proc, seconds = make_push_images(sandbox, registry, lock, source, creds)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
     TIMINGS["make push-images (first)"] = f"{seconds:.0f} s, summary:\n" + summary_table(output)
-    return {"registry": registry, "lock": lock, "body": json.loads(lock.read_text()), "output": output}
+    return {"registry": registry, "lock": lock, "body": json.loads(lock.read_text()), "output": output,
+            "source": source}

@@ -26,10 +26,10 @@ def summary_table(output: str) -> str:
     return output[start + 1:].rstrip() if start >= 0 else "(no summary printed)"
 
 
-def make_push_images(sandbox, registry: str, lock: Path, extra_env: dict | None = None):
+def make_push_images(sandbox, registry: str, lock: Path, source: Path, extra_env: dict | None = None):
     env = {**sandbox.env, **(extra_env or {})}
     started = time.monotonic()
     proc = subprocess.run(["make", "--no-print-directory", "push-images", f"REGISTRY={registry}",
-                           f"IMAGES_LOCK={lock}"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                           f"IMAGES_LOCK={lock}", f"IMAGES_ARGS=--source {source}"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
                           timeout=1200)
     return proc, time.monotonic() - started

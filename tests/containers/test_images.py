@@ -53,12 +53,13 @@ def test_no_credentials_in_output_lock_or_docker_config(pushed, sandbox, registr
 
 @pytest.fixture(scope="module")
 def pulled(pushed, sandbox):
-    """Each image removed locally, then pulled back by digest from the registry."""
+    """Every image removed locally (with the build's intermediate stages), then pulled back by digest."""
+    entries = pushed["body"]["images"]
+    for name, entry in entries.items():
+        docker(sandbox, "rmi", "--force", f"{pushed['registry']}/{name}:{entry['tag']}", check=False)
+    docker(sandbox, "image", "prune", "--force")
     refs = {}
-    for name, entry in pushed["body"]["images"].items():
-        tagged = f"{pushed['registry']}/{name}:{entry['tag']}"
-        docker(sandbox, "rmi", "--force", tagged, check=False)
-        docker(sandbox, "image", "prune", "--force")  # the build's intermediate stages too
+    for name, entry in entries.items():
         assert docker(sandbox, "image", "inspect", entry["reference"], check=False).returncode != 0
         started = time.monotonic()
         docker(sandbox, "pull", entry["reference"])
@@ -148,7 +149,7 @@ def test_train_recognition_in_the_train_image(pulled, sandbox, packed, work):
 
 def test_second_push_builds_and_pushes_nothing(pushed, pulled, sandbox):
     before = pushed["lock"].read_text()
-    proc, seconds = make_push_images(sandbox, pushed["registry"], pushed["lock"])
+    proc, seconds = make_push_images(sandbox, pushed["registry"], pushed["lock"], pushed["source"])
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
     TIMINGS["make push-images (again, unchanged)"] = f"{seconds:.0f} s, summary:\n" + summary_table(output)
