@@ -40,7 +40,8 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="fp-bench-", dir="/tmp"))
     changed = tmp / "changed"
     try:
-        with Sandbox(tmp / "dock") as box:
+        box = Sandbox(tmp / "dock")
+        with box:
             base_tar = os.environ.get("FACEPIPE_BASE_TAR")
             t = time.monotonic()
             ensure_base(tar=Path(base_tar) if base_tar else None, env=box.env)
@@ -66,6 +67,7 @@ def main() -> int:
                 print(f"{name}: push after a code change {layer_push[name]:.0f} s vs cold {cold_push[name]:.0f} s "
                       f"({layer_push[name] / cold_push[name]:.2f})")
     finally:
+        box.remove()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -134,6 +134,11 @@ class Sandbox:
         _stop(self.registry)
         _stop(self.dockerd, timeout=30)
 
+    def remove(self) -> None:
+        """Delete the sandbox folder (after stop). `rm --one-file-system` never follows into a mount
+        left behind, and is much faster than Python on the engine's many small layer files."""
+        subprocess.run(["rm", "-rf", "--one-file-system", str(self.root)], capture_output=True)
+
     def __enter__(self) -> "Sandbox":
         return self.start()
 

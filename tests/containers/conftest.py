@@ -48,13 +48,13 @@ def sandbox():
         box.start()
     except RuntimeError as exc:
         box.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        box.remove()
         pytest.fail(f"could not start the Docker sandbox: {exc}")
     try:
         yield box
     finally:
         box.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        box.remove()
 
 
 @pytest.fixture(scope="session")
