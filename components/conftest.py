@@ -82,26 +82,36 @@ def tiny_records(tiny_data, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tiny_data, tiny_records, tmp_path_factory):
-    """(detector dir, recognizer dir), each trained for a few steps by the step functions."""
+def tiny_trained(tiny_data, tiny_records, tmp_path_factory):
+    """{"detector": (dir, result), "recognizer": (dir, result)}: the step functions, a few steps each."""
     from facepipe.detection.train import train_detection
     from facepipe.recognition.train import train_recognition
 
     detector, recognizer = tmp_path_factory.mktemp("tiny-detector"), tmp_path_factory.mktemp("tiny-recognizer")
-    train_detection(tiny_config("train_detection"), tiny_data / "detection", detector)
-    train_recognition(tiny_config("train_recognition"), tiny_records, recognizer)
-    return detector, recognizer
+    return {"detector": (detector, train_detection(tiny_config("train_detection"), tiny_data / "detection", detector)),
+            "recognizer": (recognizer, train_recognition(tiny_config("train_recognition"), tiny_records, recognizer))}
 
 
 @pytest.fixture(scope="session")
-def tiny_gallery(tiny_data, tiny_models, tmp_path_factory):
+def tiny_models(tiny_trained):
+    """(detector dir, recognizer dir), each with model.pt."""
+    return tiny_trained["detector"][0], tiny_trained["recognizer"][0]
+
+
+@pytest.fixture(scope="session")
+def tiny_gallery_built(tiny_data, tiny_models, tmp_path_factory):
+    """(gallery dir, build report) from the build_gallery step function."""
     from facepipe.gallery.build import build_gallery
 
     out = tmp_path_factory.mktemp("tiny-gallery")
     detector, recognizer = tiny_models
-    build_gallery(tiny_config("build_gallery"), tiny_data / "faces", detector / "model.pt",
-                  recognizer / "model.pt", out)
-    return out
+    return out, build_gallery(tiny_config("build_gallery"), tiny_data / "faces", detector / "model.pt",
+                              recognizer / "model.pt", out)
+
+
+@pytest.fixture(scope="session")
+def tiny_gallery(tiny_gallery_built):
+    return tiny_gallery_built[0]
 
 
 def run_component(root, component, imports: dict, **params):

@@ -9,13 +9,9 @@ from kfp.dsl import Dataset, Model
 from components.conftest import run_component, tiny_config, tiny_values
 
 
-def test_step_function_enrols_every_identity(tiny_data, tiny_models, tmp_path):
-    from facepipe.gallery.build import build_gallery
-
-    detector, recognizer = tiny_models
-    report = build_gallery(tiny_config("build_gallery"), tiny_data / "faces", detector / "model.pt",
-                           recognizer / "model.pt", tmp_path)
-    assert report["identities"] == 8 and (tmp_path / "manifest.json").exists()
+def test_step_function_enrols_every_identity(tiny_gallery_built):
+    out, report = tiny_gallery_built  # build_gallery(tiny config, data/faces, detector, recognizer, temp folder)
+    assert report["identities"] == tiny_config("synth").identities and (out / "manifest.json").exists()
 
 
 def test_component_through_kfp_local(kfp_local, tiny_data, tiny_models):

@@ -10,13 +10,12 @@ from kfp.dsl import Dataset
 from components.conftest import run_component, tiny_config, tiny_values
 
 
-def test_step_function_trains_a_detector_on_a_temp_folder(tiny_data, tmp_path):
-    from facepipe.detection.train import train_detection
-
-    result = train_detection(tiny_config("train_detection"), tiny_data / "detection", tmp_path)
-    model = torch.load(tmp_path / "model.pt", weights_only=True)
+def test_step_function_trains_a_detector_on_a_temp_folder(tiny_trained):
+    out, result = tiny_trained["detector"]  # train_detection(tiny config, data/detection, temp folder)
+    model = torch.load(out / "model.pt", weights_only=True)
     assert model["kind"] == "detector"
-    assert result["train.steps"] >= 1 and (tmp_path / "manifest.json").exists()
+    assert 1 <= result["train.steps"] <= tiny_config("train_detection").max_steps
+    assert (out / "manifest.json").exists() and (out / "model.onnx").exists()
 
 
 def test_component_through_kfp_local(kfp_local, tiny_data):

@@ -10,13 +10,11 @@ from kfp.dsl import Dataset
 from components.conftest import run_component, tiny_config, tiny_values
 
 
-def test_step_function_trains_a_recognizer_on_a_temp_folder(tiny_records, tmp_path):
-    from facepipe.recognition.train import train_recognition
-
-    train_recognition(tiny_config("train_recognition"), tiny_records, tmp_path)
-    model = torch.load(tmp_path / "model.pt", weights_only=True)
-    assert model["kind"] == "recognizer" and model["embedding_size"] == 32
-    assert (tmp_path / "manifest.json").exists()
+def test_step_function_trains_a_recognizer_on_a_temp_folder(tiny_trained):
+    out, result = tiny_trained["recognizer"]  # train_recognition(tiny config, packed records, temp folder)
+    model = torch.load(out / "model.pt", weights_only=True)
+    assert model["kind"] == "recognizer" and model["embedding_size"] == tiny_config("train_recognition").embedding_size
+    assert result and (out / "manifest.json").exists()
 
 
 def test_component_through_kfp_local(kfp_local, tiny_records):
