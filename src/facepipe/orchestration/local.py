@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import socket
 import sys
@@ -323,7 +324,7 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
         record.status = "succeeded"
     except Exception as exc:  # kfp.local raises RuntimeError naming the failed task
         record.status = "failed"
-        record.error = str(exc)[:2000]
+        record.error = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))[:2000]  # kfp colours its messages
     except KeyboardInterrupt:
         record.status = "interrupted"
     finally:
