@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     ours = evaluate_verification(out / "model.pt", pairs, lfw / "images", out / "eval")
     lbp = lbp_baseline(pairs, lfw / "images", cfg.center_crop)
     report = {
-        "config": {k: v for k, v in values.items()}, "steps": train_metrics["steps"],
+        "config": {k: v for k, v in values.items()}, "minutes": args.minutes, "steps": train_metrics["steps"],
         "epochs": round(train_metrics["steps"] * cfg.batch_size / train_metrics["num_images"], 2), "train_seconds": round(train_s, 1),
         "train_final_loss": train_metrics.get("train.loss"), "train_accuracy": train_metrics.get("train.accuracy"),
         "recognizer": {k.split(".", 1)[1]: v for k, v in ours.items()},
