@@ -54,6 +54,7 @@ SCRATCH_ENV = "FACEPIPE_SCRATCH_DIR"
 PARENT_ENV = "FACEPIPE_MLFLOW_PARENT_RUN_ID"
 KFP_RUN_ENV = "FACEPIPE_KFP_RUN_ID"
 SPOOL_ENV = "FACEPIPE_TRACKING_SPOOL"
+LAST_STEP = "evaluate"  # on a cluster, its end (or any step's failure) ends the parent run
 TIMINGS_ENV = "FACEPIPE_TIMINGS"
 MAX_PLOTS = 24
 
@@ -139,7 +140,8 @@ class _ChildRun:
         self.spool = None
         self.logger = NullLogger()
         self.params = dict(params)
-        self.register: list[tuple[str, str]] = []
+        self.step = step
+        self.kfp_parent = ""  # a parent found through the KFP run id; the last step ends it
         tags = {k: v for k, v in tags.items() if v}
         spool_dir = os.environ.get(SPOOL_ENV)
         if spool_dir and os.environ.get("MLFLOW_TRACKING_URI"):
@@ -150,7 +152,9 @@ class _ChildRun:
             return
         from facepipe import tracking
 
-        parent = parent_run_id or os.environ.get(PARENT_ENV, "") or _kfp_parent(step)
+        parent = parent_run_id or os.environ.get(PARENT_ENV, "")
+        if not parent:
+            parent = self.kfp_parent = _kfp_parent(step)
         self.run_id = tracking.start_step_run(parent or None, step, None, tags=tags)
         self.logger = tracking.MlflowLogger(self.run_id)
 
@@ -177,6 +181,10 @@ class _ChildRun:
             return
         if self.run_id:
             _finish_run(self.run_id, self.params, status)
+        if self.kfp_parent and (self.step == LAST_STEP or status == "FAILED"):
+            from facepipe.tracking import end_run
+
+            end_run(self.kfp_parent, status)
 
 
 def _clean_params(params: Mapping[str, Any]) -> dict[str, str]:
