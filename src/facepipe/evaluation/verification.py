@@ -119,7 +119,8 @@ def face_preparer(recognizer, detector_path=None, center_crop: float | None = No
         from facepipe.gallery.align import FaceAligner
 
         aligner = FaceAligner(detector_path)
-        return lambda image: aligner.align(image, size)
+        # align() returns (aligned_face, info); only the face is embedded.
+        return lambda image: aligner.align(image, size)[0]
     from facepipe.recognition.data import center_crop_resize
 
     crop = recognizer.center_crop if center_crop is None else center_crop
