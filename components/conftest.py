@@ -12,9 +12,7 @@ import os
 import pytest
 
 from facepipe.orchestration import images
-# The shared data and service fixtures (tests/conftest.py registers them for tests/ only).
-from tests.fixtures.services import mlflow_env, mlflow_server, obs_env, obs_server, s3_env, s3_server  # noqa: F401
-from tests.fixtures.synth import synth_small, synth_small_config  # noqa: F401
+# The shared data and service fixtures are registered once by the root conftest.py.
 
 if not images.lock_path().exists():
     os.environ.setdefault(images.UNPINNED_ENV, "1")
