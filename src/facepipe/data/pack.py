@@ -539,7 +539,11 @@ def _run(tasks: Iterator[tuple], workers: int, detector: str | None, threads: bo
         return
     if detector:
         _load_aligner(detector)  # fail here with a clear error, not in a pool initializer (it would respawn)
-    ctx = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
+    # Not "fork": the caller may already run OpenCV's or torch's thread pools, and a forked copy
+    # of a threaded process can hang on their locks (seen: cv2.setNumThreads in a forked worker
+    # after an earlier OpenCV call in the parent). A fork server starts workers clean.
+    ctx = multiprocessing.get_context(
+        "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(detector,)) as pool:
         yield from pool.imap(_work, tasks, chunksize=16)
 
