@@ -325,3 +325,26 @@ def test_output_inside_the_source_tree_is_refused(tmp_path):
     src = make_tree(tmp_path / "src", {"a": 1})
     with pytest.raises(DataError, match="output folder .* is inside the source tree"):
         pack(cfg(), src, src / "packed", progress=False)
+
+
+def test_worker_pool_after_opencv_threads_ran_in_the_caller(tmp_path):
+    """Packing with processes from a caller whose OpenCV thread pool is running must not hang
+    (a forked worker once deadlocked in cv2.setNumThreads). Run in a subprocess with a timeout."""
+    src = make_tree(tmp_path / "src", {f"id{i}": 6 for i in range(4)})
+    script = f"""
+import cv2, numpy as np
+from facepipe.config import load_config
+from facepipe.data.pack import PackConfig, pack
+cv2.setNumThreads(2)
+big = np.random.default_rng(0).integers(0, 255, (2000, 2000, 3), dtype=np.uint8)
+for i in range(3):
+    for _ in range(20):
+        cv2.resize(big, (1000, 1000))  # keeps OpenCV's worker threads busy in this process
+    pack(load_config(PackConfig, sets={{"workers": 2, "size": 32}}), {str(src)!r}, {str(tmp_path)!r} + f"/out{{i}}", progress=False)
+print("ok")
+"""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -109,9 +109,9 @@ _ALIGNER = None
 _CALLER_TORCH_THREADS = None
 
 
-def _init_worker(detector: str | None, in_pool: bool = True) -> None:
+def _init_worker(detector: str | None, in_pool: bool = True, forked: bool = False) -> None:
     global _ALIGNER, _CALLER_TORCH_THREADS
-    if in_pool:
+    if in_pool and not forked:
         import cv2
 
         cv2.setNumThreads(1)  # parallelism comes from the processes
@@ -539,12 +539,26 @@ def _run(tasks: Iterator[tuple], workers: int, detector: str | None, threads: bo
         return
     if detector:
         _load_aligner(detector)  # fail here with a clear error, not in a pool initializer (it would respawn)
-    # Not "fork": the caller may already run OpenCV's or torch's thread pools, and a forked copy
-    # of a threaded process can hang on their locks (seen: cv2.setNumThreads in a forked worker
-    # after an earlier OpenCV call in the parent). A fork server starts workers clean.
-    ctx = multiprocessing.get_context(
-        "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(detector,)) as pool:
+    # A forked copy of a threaded process can hang on its thread pools' state: seen with
+    # cv2.setNumThreads in a forked worker after the parent had used OpenCV's threads, and
+    # libgomp (torch) is not fork-safe either. So: with a detector (torch), workers start from a
+    # fork server; without, they fork (cheapest start) from a parent whose OpenCV was made
+    # single-threaded first, so the workers inherit no pool to reconfigure and never touch it.
+    if detector or not hasattr(os, "fork"):
+        ctx = multiprocessing.get_context(
+            "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(detector,))
+    else:
+        import cv2
+
+        previous = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            pool = multiprocessing.get_context("fork").Pool(
+                workers, initializer=_init_worker, initargs=(None, True, True))
+        finally:
+            cv2.setNumThreads(previous)
+    with pool:
         yield from pool.imap(_work, tasks, chunksize=16)
 
 
