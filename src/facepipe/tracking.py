@@ -15,6 +15,7 @@ the project's `runs/` folder (`make mlflow-ui` serves it). Params and tags are r
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any, Mapping, Protocol
@@ -106,6 +107,22 @@ class MlflowLogger:
 
 def tracking_enabled() -> bool:
     return bool(os.environ.get("MLFLOW_TRACKING_URI"))
+
+
+@contextlib.contextmanager
+def command_logger(run_name: str, tags: Mapping[str, str] | None = None, enabled: bool = True):
+    """The CLI edges' logger: inside an MLflow run (nested under an active one) when
+    MLFLOW_TRACKING_URI is set and `enabled` (rank 0 of a torchrun job), else a NullLogger."""
+    if not (enabled and tracking_enabled()):
+        yield NullLogger()
+        return
+    import mlflow
+
+    with mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None):
+        logger = MlflowLogger()
+        if tags:
+            logger.set_tags(tags)
+        yield logger
 
 
 # ------------------------------------------------------------------------------------- lineage

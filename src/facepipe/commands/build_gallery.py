@@ -28,25 +28,12 @@ def optional_model(path: str | None) -> str | None:
     return None if path is None or path.strip().lower() in ("", "none", "-") else path
 
 
-def with_logger(step: str, run_name: str, tags: dict, call):
-    """Run `call(logger)` in an MLflow run when MLFLOW_TRACKING_URI is set, untracked otherwise."""
-    from facepipe.tracking import MlflowLogger, NullLogger, tracking_enabled
-
-    if not tracking_enabled():
-        return call(NullLogger())
-    import mlflow
-
-    with mlflow.start_run(run_name=run_name):
-        logger = MlflowLogger()
-        logger.set_tags({"facepipe.step": step, **tags})
-        return call(logger)
-
-
 def run(args) -> int:
     from pathlib import Path
 
     from facepipe.config import load_config, parse_sets
     from facepipe.gallery.build import GalleryConfig, build_gallery, summary_lines
+    from facepipe.tracking import command_logger
 
     sets = parse_sets(args.set)
     for key in ("template", "index", "dtype", "target_far", "calibration_dir"):
@@ -54,10 +41,10 @@ def run(args) -> int:
             sets[key] = getattr(args, key)
     cfg = load_config(GalleryConfig, args.config, sets, section="build_gallery")
     detector = optional_model(args.detect_model_path)
-    report = with_logger(
-        "build_gallery", args.run_name or Path(args.db_output_path).name, {"data_path": args.data_path},
-        lambda logger: build_gallery(cfg, args.data_path, detector, args.recognize_model_path,
-                                     args.db_output_path, logger=logger))
+    with command_logger(args.run_name or Path(args.db_output_path).name,
+                        {"facepipe.step": "build_gallery", "data_path": args.data_path}) as logger:
+        report = build_gallery(cfg, args.data_path, detector, args.recognize_model_path,
+                               args.db_output_path, logger=logger)
     for line in summary_lines(report):
         print(line)
     print(f"gallery written to {args.db_output_path} (report: build_report.json)")

@@ -33,7 +33,7 @@ def run(args) -> int:
     from facepipe import storage
     from facepipe.config import load_config, parse_sets
     from facepipe.data.pack import PackConfig, pack
-    from facepipe.tracking import MlflowLogger, NullLogger, tracking_enabled
+    from facepipe.tracking import command_logger
 
     sets = parse_sets(args.set)
     sets.update({key: getattr(args, flag) for flag, key in _FLAGS.items() if getattr(args, flag) is not None})
@@ -41,12 +41,7 @@ def run(args) -> int:
     with contextlib.ExitStack() as stack:
         src = stack.enter_context(storage.localize(args.src, quiet=args.quiet))
         out = stack.enter_context(storage.output_dir(args.out, quiet=args.quiet))
-        logger = NullLogger()
-        if tracking_enabled():
-            import mlflow
-
-            stack.enter_context(mlflow.start_run(run_name="pack", nested=mlflow.active_run() is not None))
-            logger = MlflowLogger()
+        logger = stack.enter_context(command_logger("pack"))
         report = pack(cfg, src, out, logger=logger, progress=not args.quiet)
     summary = {k: report[k] for k in ("images_packed", "identities_packed", "images_passed_through",
                                       "skipped_count", "identities_dropped_count", "duplicate_files",

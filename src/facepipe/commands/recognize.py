@@ -26,7 +26,8 @@ def run(args) -> int:
     import json
     from pathlib import Path
 
-    from facepipe.commands.build_gallery import optional_model, with_logger
+    from facepipe.commands.build_gallery import optional_model
+    from facepipe.tracking import command_logger
     from facepipe.config import load_config, parse_sets
     from facepipe.gallery.recognize import RecognizeConfig, recognize
 
@@ -37,10 +38,10 @@ def run(args) -> int:
     if args.no_annotate:
         sets["annotate"] = False
     cfg = load_config(RecognizeConfig, args.config, sets, section="recognize")
-    summary = with_logger(
-        "recognize", args.run_name or Path(args.out).name, {"data_path": args.data_path, "gallery": args.db_path},
-        lambda logger: recognize(cfg, args.data_path, args.db_path, optional_model(args.detect_model_path),
-                                 args.recognize_model_path, args.out, logger=logger))
+    with command_logger(args.run_name or Path(args.out).name,
+                        {"facepipe.step": "recognize", "data_path": args.data_path, "gallery": args.db_path}) as logger:
+        summary = recognize(cfg, args.data_path, args.db_path, optional_model(args.detect_model_path),
+                            args.recognize_model_path, args.out, logger=logger)
     brief = {k: summary[k] for k in ("images", "faces", "recognized", "unknown", "threshold")}
     print(json.dumps(brief))
     if summary["images_without_faces"]:

@@ -38,7 +38,7 @@ def run(args) -> int:
     from facepipe.config import load_config, parse_sets
     from facepipe.detection.config import DetectionTrainConfig
     from facepipe.detection.train import train_detection
-    from facepipe.tracking import MlflowLogger, NullLogger, tracking_enabled
+    from facepipe.tracking import command_logger
 
     sets = parse_sets(args.set)
     sets.update({key: getattr(args, flag) for flag, key in _FLAGS.items() if getattr(args, flag) is not None})
@@ -48,13 +48,7 @@ def run(args) -> int:
         data_dir = stack.enter_context(storage.localize(args.data_path))
         out_dir = (stack.enter_context(storage.output_dir(args.model_output_path)) if main_process
                    else args.model_output_path)
-        logger = NullLogger()
-        if tracking_enabled() and main_process:
-            import mlflow
-
-            stack.enter_context(mlflow.start_run(run_name="train_detection",
-                                                 nested=mlflow.active_run() is not None))
-            logger = MlflowLogger()
+        logger = stack.enter_context(command_logger("train_detection", enabled=main_process))
         metrics = train_detection(cfg, data_dir, out_dir, logger=logger)
     if main_process:
         keys = [k for k in metrics if k.startswith(("val.ap50", "train.steps", "train.final_loss", "onnx"))]

@@ -29,7 +29,7 @@ def run(args) -> int:
     from facepipe.config import load_config
     from facepipe.errors import ConfigError
     from facepipe.recognition.config import RecognitionTrainConfig
-    from facepipe.tracking import MlflowLogger, NullLogger, tracking_enabled
+    from facepipe.tracking import command_logger
 
     cfg = load_config(RecognitionTrainConfig, args.config, args.set, section="train_recognition")
     from facepipe.recognition.train import train_recognition
@@ -45,15 +45,10 @@ def run(args) -> int:
         # local or shared MODEL_OUTPUT_PATH: the checkpoints live there)
         out = stack.enter_context(storage.output_dir(args.model_output_path)) if rank == 0 or remote_out \
             else args.model_output_path
-        logger = NullLogger()
-        if tracking_enabled() and rank == 0:
-            import mlflow
-
-            stack.enter_context(mlflow.start_run(run_name=args.run_name or "train_recognition",
-                                                 nested=mlflow.active_run() is not None))
-            logger = MlflowLogger()
-            logger.set_tags({"facepipe.step": "train_recognition", "data_path": args.data_path,
-                             "model_output_path": args.model_output_path})
+        logger = stack.enter_context(command_logger(
+            args.run_name or "train_recognition",
+            {"facepipe.step": "train_recognition", "data_path": args.data_path,
+             "model_output_path": args.model_output_path}, enabled=rank == 0))
         metrics = train_recognition(cfg, data, out, logger=logger)
     if metrics:
         print(json.dumps(metrics, sort_keys=True))
