@@ -32,6 +32,7 @@ from typing import Any, Iterable
 import yaml
 
 from facepipe.errors import ConfigError, FacepipeError
+from facepipe.manifest import sha256_file
 from facepipe.orchestration.params import RUN_PARAMETERS, RUN_SECTION, Arguments
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
@@ -56,7 +57,7 @@ def new_run_id() -> str:
 
 
 def file_digest(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return "sha256:" + sha256_file(path)
 
 
 class PipelineSpec:
