@@ -45,7 +45,7 @@ DEFAULTS = {
 
 def crop_tree(lfw: Path, out: Path, initials: str, crop: float, size: int, min_images: int) -> int:
     """Write the centre crops of identities starting with `initials` as an identity tree; returns images."""
-    from facepipe.recognition.data import center_crop_resize
+    from facepipe.data.crop import center_crop_resize
 
     n = 0
     for person in sorted((lfw / "images").iterdir()):
@@ -99,7 +99,7 @@ def lbp_baseline(pairs_path: Path, images_dir: Path, crop: float, size: int = 12
     """LFW-protocol metrics of -chi-square distance between LBP histograms of the same crops."""
     from facepipe.evaluation.pairs import load_verification_set
     from facepipe.evaluation.verification import verification_metrics
-    from facepipe.recognition.data import center_crop_resize
+    from facepipe.data.crop import center_crop_resize
 
     target = load_verification_set(pairs_path, images_dir,
                                    lambda img: center_crop_resize(img, size, crop))

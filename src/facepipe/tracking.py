@@ -18,45 +18,9 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping
 
-
-class RunLogger(Protocol):
-    def log_params(self, params: Mapping[str, Any]) -> None: ...
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
-    def set_tags(self, tags: Mapping[str, str]) -> None: ...
-
-
-class NullLogger:
-    """Records nothing; the default for step logic called directly."""
-
-    def log_params(self, params): pass
-    def log_metrics(self, metrics, step=None): pass
-    def log_artifact(self, path, artifact_path=None): pass
-    def set_tags(self, tags): pass
-
-
-class MemoryLogger:
-    """Keeps everything in lists; for tests that check what a step reports."""
-
-    def __init__(self):
-        self.params: dict[str, Any] = {}
-        self.metrics: list[tuple[str, float, int | None]] = []
-        self.artifacts: list[tuple[str, str | None]] = []
-        self.tags: dict[str, str] = {}
-
-    def log_params(self, params):
-        self.params.update(params)
-
-    def log_metrics(self, metrics, step=None):
-        self.metrics += [(k, float(v), step) for k, v in metrics.items()]
-
-    def log_artifact(self, path, artifact_path=None):
-        self.artifacts.append((str(path), artifact_path))
-
-    def set_tags(self, tags):
-        self.tags.update(tags)
+from facepipe.run_logger import MemoryLogger, NullLogger, RunLogger  # noqa: F401  (re-exported)
 
 
 class MlflowLogger:

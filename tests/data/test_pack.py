@@ -18,7 +18,7 @@ from facepipe.data.insightface import FaceRecordSet, read_lst, read_property
 from facepipe.data.pack import PackConfig, jpeg_complete, jpeg_info, pack
 from facepipe.errors import ConfigError, DataError
 from facepipe.manifest import read_manifest
-from facepipe.tracking import MemoryLogger
+from facepipe.run_logger import MemoryLogger
 
 
 def photo(seed: int, h: int = 90, w: int = 70) -> np.ndarray:

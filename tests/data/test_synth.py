@@ -15,7 +15,7 @@ from facepipe.data.synth import (ARCFACE_TEMPLATE, SynthConfig, identity_rng, ma
                                  render_face_image, synthesize)
 from facepipe.errors import ConfigError
 from facepipe.manifest import read_manifest
-from facepipe.tracking import MemoryLogger
+from facepipe.run_logger import MemoryLogger
 
 TINY = dict(identities=3, images=3, scenes=4, eval_identities=2, pair_folds=1, pairs_per_fold=3,
             scene_size=128, faces_per_scene_max=3)

@@ -18,7 +18,7 @@ import torch
 
 from facepipe.errors import ConfigError, DataError, FacepipeError
 from facepipe.recognition.train import latest_checkpoint, train_recognition
-from facepipe.tracking import MemoryLogger
+from facepipe.run_logger import MemoryLogger
 from tests.recognition.conftest import TINY
 
 FACEPIPE = [sys.executable, "-m", "facepipe.cli"]

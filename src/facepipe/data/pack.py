@@ -30,10 +30,11 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from facepipe.config import bounded
+from facepipe.data.crop import center_crop_resize
 from facepipe.errors import ConfigError, DataError
 from facepipe.manifest import MANIFEST
 from facepipe.progress import Progress
-from facepipe.tracking import NullLogger, RunLogger
+from facepipe.run_logger import NullLogger, RunLogger
 
 REPORT = "pack_report.json"
 
@@ -133,20 +134,6 @@ def _load_aligner(detector: str):
         raise ConfigError(f"--detector needs facepipe.gallery.align.FaceAligner, which is not "
                           f"available: {exc}") from None
     return FaceAligner(detector)
-
-
-def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
-    import cv2
-
-    h, w = image.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    square = image[top:top + side, left:left + side]
-    if side == size:
-        return np.ascontiguousarray(square)
-    # INTER_AREA only where it matters (>= 2x): for smaller ratios it costs 4x LINEAR here.
-    interp = cv2.INTER_AREA if side >= 2 * size else cv2.INTER_LINEAR if side > size else cv2.INTER_CUBIC
-    return cv2.resize(square, (size, size), interpolation=interp)
 
 
 def _read_file(path: str) -> bytes:

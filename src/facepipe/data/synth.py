@@ -34,7 +34,7 @@ import numpy as np
 
 from facepipe.config import bounded, to_dict
 from facepipe.errors import ConfigError
-from facepipe.tracking import NullLogger, RunLogger
+from facepipe.run_logger import NullLogger, RunLogger
 
 # ArcFace/InsightFace 112x112 alignment template: left eye, right eye, nose, mouth left, mouth right.
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facepipe.tracking import NullLogger
+from facepipe.run_logger import NullLogger
 
 SUBSETS = {"easy": 48.0, "medium": 24.0, "hard": 0.0}
 FPPI_POINTS = (0.1, 1.0)

@@ -148,14 +148,30 @@ class Detector:
         return [(boxes[b].cpu().numpy(), scores[b].cpu().numpy(), landmarks[b].cpu().numpy())
                 for b in range(len(resized))]
 
+    def _padded_shape(self, image: np.ndarray, scale: float) -> tuple[int, int]:
+        stride = max(self.cfg.steps)
+        h, w = (max(1, round(n * scale)) for n in image.shape[:2]) if scale != 1.0 else image.shape[:2]
+        return math.ceil(h / stride) * stride, math.ceil(w / stride) * stride
+
     def detect_batch(self, images: list[np.ndarray], score_threshold: float = 0.5, nms_threshold: float = 0.4,
                      scales=(1.0,)) -> list[np.ndarray]:
-        """Faces in each image; `scales` > 1 entry runs a multi-scale pyramid merged by one NMS."""
+        """Faces in each image; `scales` > 1 entry runs a multi-scale pyramid merged by one NMS.
+
+        Images are batched only with images of the same padded size: padding an image to a larger
+        one's size changes what the convolutions see near its border, so a face's score would depend
+        on which other images share its batch. Grouped, each image gives what it gives alone.
+        """
         per_image = [[] for _ in images]
         for scale in scales:
-            for b, (boxes, scores, landmarks) in enumerate(self._forward(images, float(scale))):
-                keep = scores > score_threshold
-                per_image[b].append(np.concatenate([boxes[keep], scores[keep, None], landmarks[keep]], axis=1))
+            groups: dict[tuple[int, int], list[int]] = {}
+            for b, im in enumerate(images):
+                groups.setdefault(self._padded_shape(im, float(scale)) if im is not None and im.ndim == 3
+                                  else (0, 0), []).append(b)
+            for members in groups.values():
+                outputs = self._forward([images[b] for b in members], float(scale))
+                for b, (boxes, scores, landmarks) in zip(members, outputs):
+                    keep = scores > score_threshold
+                    per_image[b].append(np.concatenate([boxes[keep], scores[keep, None], landmarks[keep]], axis=1))
         results = []
         for parts in per_image:
             dets = np.concatenate(parts, axis=0).astype(np.float32)

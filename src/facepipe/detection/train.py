@@ -26,7 +26,7 @@ from facepipe.detection.data import DetectionDataset, EpochBatches, collate, fin
 from facepipe.detection.loss import MultiBoxLoss
 from facepipe.detection.model import build_model
 from facepipe.errors import ConfigError, DataError
-from facepipe.tracking import NullLogger
+from facepipe.run_logger import NullLogger
 
 CHECKPOINT = "checkpoints/last.pt"
 

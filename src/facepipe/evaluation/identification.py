@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from facepipe.gallery.calibration import false_alarm_rate, threshold_at_far
-from facepipe.tracking import NullLogger, RunLogger
+from facepipe.run_logger import NullLogger, RunLogger
 
 CMC_RANKS = 20
 # FAR points reported as identification.dir_at_far_<key>.

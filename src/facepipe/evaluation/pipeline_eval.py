@@ -19,7 +19,7 @@ import numpy as np
 from facepipe.config import bounded, to_dict
 from facepipe.errors import DataError
 from facepipe.manifest import write_manifest
-from facepipe.tracking import NullLogger, RunLogger
+from facepipe.run_logger import NullLogger, RunLogger
 
 # Headline keys present in every metrics.json (None when their part was skipped).
 STABLE_KEYS = (

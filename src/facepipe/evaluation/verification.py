@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from facepipe.errors import DataError
-from facepipe.tracking import NullLogger
+from facepipe.run_logger import NullLogger
 
 FARS = {"tar_at_far_1e-2": 1e-2, "tar_at_far_1e-3": 1e-3}
 
@@ -121,7 +121,7 @@ def face_preparer(recognizer, detector_path=None, center_crop: float | None = No
         aligner = FaceAligner(detector_path)
         # align() returns (aligned_face, info); only the face is embedded.
         return lambda image: aligner.align(image, size)[0]
-    from facepipe.recognition.data import center_crop_resize
+    from facepipe.data.crop import center_crop_resize
 
     crop = recognizer.center_crop if center_crop is None else center_crop
     return lambda image: center_crop_resize(image, size, crop)

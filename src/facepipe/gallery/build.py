@@ -19,7 +19,7 @@ import numpy as np
 from facepipe.config import bounded, choice, to_dict
 from facepipe.errors import ConfigError, DataError
 from facepipe.progress import Progress
-from facepipe.tracking import NullLogger, RunLogger
+from facepipe.run_logger import NullLogger, RunLogger
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 

@@ -23,7 +23,7 @@ from facepipe.errors import ConfigError, DataError
 from facepipe.gallery.build import IMAGE_EXTS, fallback_crop, input_size_of
 from facepipe.manifest import write_manifest
 from facepipe.progress import Progress
-from facepipe.tracking import NullLogger, RunLogger
+from facepipe.run_logger import NullLogger, RunLogger
 
 UNKNOWN = "unknown"
 

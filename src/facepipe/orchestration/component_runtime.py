@@ -134,7 +134,7 @@ class _ChildRun:
     """
 
     def __init__(self, step: str, params: Mapping[str, Any], parent_run_id: str, tags: Mapping[str, str]):
-        from facepipe.tracking import NullLogger
+        from facepipe.run_logger import NullLogger
 
         self.run_id = None
         self.spool = None

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from facepipe.data.crop import center_crop_resize  # noqa: F401  (re-exported)
 from facepipe.errors import DataError
 
 
@@ -36,18 +37,6 @@ def check_records(records, data_dir) -> None:
         raise DataError(
             f"'property' says {records.num_classes} identities but the records hold {len(present)} "
             f"distinct labels", path=f"{data_dir}/property")
-
-
-def center_crop_resize(image_bgr: np.ndarray, size: int, crop: float = 1.0) -> np.ndarray:
-    """The central square holding `crop` of the shorter side, resized to `size` x `size`."""
-    h, w = image_bgr.shape[:2]
-    side = max(1, int(round(min(h, w) * crop)))
-    y0, x0 = (h - side) // 2, (w - side) // 2
-    face = image_bgr[y0:y0 + side, x0:x0 + side]
-    if face.shape[0] != size:
-        interp = cv2.INTER_AREA if face.shape[0] > size else cv2.INTER_LINEAR
-        face = cv2.resize(face, (size, size), interpolation=interp)
-    return np.ascontiguousarray(face)
 
 
 class FaceDataset(Dataset):

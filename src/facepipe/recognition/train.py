@@ -25,7 +25,7 @@ from facepipe.config import diff, to_dict
 from facepipe.errors import ConfigError, DataError
 from facepipe.progress import Progress
 from facepipe.recognition.config import RESUME_FREE_KEYS, RecognitionTrainConfig
-from facepipe.tracking import NullLogger, RunLogger
+from facepipe.run_logger import NullLogger, RunLogger
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
@@ -129,7 +129,7 @@ def _check_resume(folder: Path, cfg_dict: dict, world: int) -> None:
 
 def _verification_targets(cfg: RecognitionTrainConfig, data_dir: Path) -> dict:
     from facepipe.evaluation.pairs import load_verification_set
-    from facepipe.recognition.data import center_crop_resize
+    from facepipe.data.crop import center_crop_resize
 
     if cfg.val_targets:
         paths = []
