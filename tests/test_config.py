@@ -20,15 +20,37 @@ class ToyConfig:
 
 def test_defaults_then_yaml_section_then_sets(tmp_path):
     job = tmp_path / "job.yaml"
-    job.write_text("toy:\n  lr: 0.5\n  epochs: 3\nother:\n  x: 1\n")
+    job.write_text("toy:\n  lr: 0.5\n  epochs: 3\npack:\n  x: 1\n")
     cfg = load_config(ToyConfig, job, ["epochs=7", "amp=true", "sizes=8,9"], section="toy")
     assert (cfg.backbone, cfg.lr, cfg.epochs, cfg.amp, cfg.sizes) == ("iresnet18", 0.5, 7, True, [8, 9])
 
 
-def test_job_file_without_the_section_gives_defaults(tmp_path):
+def test_job_file_without_the_section_is_refused(tmp_path):
     job = tmp_path / "job.yaml"
-    job.write_text("other:\n  x: 1\n")
-    assert load_config(ToyConfig, job, section="toy") == ToyConfig()
+    job.write_text("pack:\n  x: 1\n")
+    with pytest.raises(ConfigError, match=r"job.yaml: no 'toy' section \(it has \['pack'\]\)"):
+        load_config(ToyConfig, job, section="toy")
+
+
+def test_misspelled_section_is_refused_with_a_hint(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("train_recogniton:\n  lr: 0.5\n")
+    with pytest.raises(ConfigError, match=r"unknown section\(s\) \['train_recogniton'\] \(did you mean 'train_recognition'"):
+        load_config(ToyConfig, job, section="train_recognition")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e999"])
+def test_non_finite_numbers_are_refused(value):
+    with pytest.raises(ConfigError, match=rf"ToyConfig.lr: expected a finite float, got '{value}'"):
+        load_config(ToyConfig, sets=[f"lr={value}"])
+
+
+def test_config_that_is_a_folder_or_binary_is_named(tmp_path):
+    binary = tmp_path / "model.pt"
+    binary.write_bytes(bytes(range(256)) * 4)
+    for path in (tmp_path, binary):
+        with pytest.raises(ConfigError, match="not a readable YAML text file"):
+            load_config(ToyConfig, path, section="toy")
 
 
 def test_unknown_key_lists_valid_keys():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -78,8 +79,8 @@ def _coerce(cls_name: str, key: str, typ, value):
                 raise ValueError(value)
             return int(value)
         if typ is float:
-            if isinstance(value, bool):
-                raise ValueError(value)
+            if isinstance(value, bool) or not math.isfinite(float(value)):
+                raise ValueError(value)  # nan/inf pass every range check and poison training
             return float(value)
         if typ is str:
             if isinstance(value, (dict, list)):
@@ -104,7 +105,8 @@ def _coerce(cls_name: str, key: str, typ, value):
             return dict(value)
     except (ValueError, TypeError, json.JSONDecodeError):
         raise ConfigError(
-            f"{cls_name}.{key}: expected {getattr(typ, '__name__', str(typ))}, got {value!r}"
+            f"{cls_name}.{key}: expected {'a finite float' if typ is float else getattr(typ, '__name__', str(typ))}, "
+            f"got {value!r}"
         ) from None
     return value
 
@@ -168,6 +170,8 @@ def read_job_file(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable YAML text file ({type(exc).__name__})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
@@ -182,12 +186,8 @@ def load_config(cls: type[T], path: str | Path | None = None, sets: Iterable[str
     source = cls.__name__
     if path is not None:
         data = read_job_file(path)
-        if section is not None and section in data and isinstance(data[section], dict):
-            data = data[section]
-            source = f"{path} [{section}]"
-        elif section is not None and any(isinstance(v, dict) for v in data.values()):
-            # A multi-step job file without this step's section: defaults for this step.
-            data = {}
+        if section is not None and any(isinstance(v, dict) for v in data.values()):
+            data, source = _section(data, section, path), f"{path} [{section}]"
         else:
             source = str(path)
         values.update(data)
@@ -196,6 +196,26 @@ def load_config(cls: type[T], path: str | Path | None = None, sets: Iterable[str
         values.update(overrides)
         source = f"{source} + --set"
     return from_dict(cls, values, source=source)
+
+
+def _section(data: dict[str, Any], section: str, path) -> dict[str, Any]:
+    """A job file's section for one step; a misspelled or missing section is an error, not defaults."""
+    import difflib
+
+    from facepipe.steps import STEPS
+
+    known = set(STEPS) | {"pipeline", section}
+    unknown = sorted(k for k in data if k not in known)
+    if unknown:
+        hint = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        raise ConfigError(f"{path}: unknown section(s) {unknown}"
+                          f"{f' (did you mean {hint[0]!r}?)' if hint else ''}; sections: {sorted(known)}")
+    if section not in data:
+        raise ConfigError(f"{path}: no {section!r} section (it has {sorted(data)}); add one, or pass a file "
+                          f"of {section} keys")
+    if not isinstance(data[section], dict):
+        raise ConfigError(f"{path}: section {section!r} must be a mapping of keys")
+    return data[section]
 
 
 def to_dict(cfg) -> dict[str, Any]:
