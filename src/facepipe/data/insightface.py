@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facepipe.data.jpeg import jpeg_info
 from facepipe.data.recordio import (IndexedRecordReader, RecordWriter, decode_image, frame,
                                     pack_record, unpack_record)
 from facepipe.errors import DataError
@@ -456,7 +457,6 @@ def describe(rec_path: str | Path, sample: int = 0, progress: bool = True) -> di
     Reads every image record (or the first `sample`), which also checks each record's framing
     and that its label agrees with its identity record.
     """
-    from facepipe.data.pack import jpeg_info
     from facepipe.progress import Progress
 
     rs = open_rec(rec_path)
