@@ -23,7 +23,6 @@ Relative paths in a `.lst` are relative to the folder holding the `.lst`.
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -394,9 +393,6 @@ class FaceRecordSet:
         """(BGR uint8 HxWx3 image, class id) of image i."""
         payload, label = self.read(i)
         return decode_image(payload, self.rec_path, self.reader.offset(self.key(i))), label
-
-    def identity_of(self, i: int) -> int:
-        return int(bisect.bisect_right(self.identity_ranges[:, 0].tolist(), i) - 1)
 
     def close(self) -> None:
         self.reader.close()

@@ -35,6 +35,7 @@ import numpy as np
 from facepipe.config import bounded, to_dict
 from facepipe.data.synth_face import (FaceIdentity, draw_face, face_landmarks, fill_shape, head_outline,
                                       identity_rng, make_identity, occluder, random_pose, transform_points)
+from facepipe.data.recordio import encode_image
 from facepipe.data.synth_nuisance import background, degrade, light
 from facepipe.errors import ConfigError
 from facepipe.gallery.align import ARCFACE_TEMPLATE_112 as ARCFACE_TEMPLATE
@@ -132,13 +133,6 @@ def _identity_name(index: int, total: int) -> str:
     return f"id{index:0{max(4, len(str(total - 1)))}d}"
 
 
-def _write_jpeg(path: Path, img: np.ndarray, quality: int) -> None:
-    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise RuntimeError(f"JPEG encoding failed for {path}")
-    path.write_bytes(buf.tobytes())
-
-
 def _identity_task(args) -> int:
     cfg, out_root, index, total, held_out = args
     ident = make_identity(identity_rng(cfg.seed, index, held_out))
@@ -148,7 +142,7 @@ def _identity_task(args) -> int:
     for k in range(cfg.images):
         rng = np.random.default_rng([cfg.seed, 4 if held_out else 1, index, k])
         img, _ = render_face_image(ident, rng, cfg.face_size, cfg.nuisance, cfg.occlusion)
-        _write_jpeg(folder / f"{name}_{k + 1:04d}.jpg", img, cfg.jpeg_quality)
+        (folder / f"{name}_{k + 1:04d}.jpg").write_bytes(encode_image(img, cfg.jpeg_quality))
     return cfg.images
 
 
@@ -253,7 +247,7 @@ def _scene_task(args):
     cfg, det_root, index = args
     img, faces = render_scene(cfg, index)
     name = f"scene_{index:06d}.jpg"
-    _write_jpeg(Path(det_root) / split_of(cfg, index) / "images" / name, img, cfg.jpeg_quality)
+    (Path(det_root) / split_of(cfg, index) / "images" / name).write_bytes(encode_image(img, cfg.jpeg_quality))
     return index, name, faces
 
 

@@ -57,11 +57,6 @@ class TransferReport:
     bytes: int = 0
     seconds: float = 0.0
 
-    @property
-    def mb_per_s(self) -> float:
-        return self.bytes / 1e6 / max(self.seconds, 1e-9)
-
-
 class _ByteProgress:
     """Thread-safe byte counter feeding a Progress in whole MB (transfer callbacks come in bytes)."""
 

@@ -66,46 +66,20 @@ def build_graph(package_dir: Path) -> Graph:
     return graph
 
 
+def _reachable(graph: Graph, start: str) -> set[str]:
+    seen, todo = set(), list(graph[start])
+    while todo:
+        if (node := todo.pop()) not in seen:
+            seen.add(node)
+            todo.extend(graph[node])
+    return seen
+
+
 def strongly_connected(graph: Graph) -> list[list[str]]:
-    """Tarjan's components with more than one module, iteratively (no recursion limit)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    components = []
-    for root in sorted(graph):
-        if root in index:
-            continue
-        work = [(root, iter(sorted(graph[root])))]
-        index[root] = low[root] = len(index)
-        stack.append(root)
-        on_stack.add(root)
-        while work:
-            node, children = work[-1]
-            child = next(children, None)
-            if child is not None:
-                if child not in index:
-                    index[child] = low[child] = len(index)
-                    stack.append(child)
-                    on_stack.add(child)
-                    work.append((child, iter(sorted(graph[child]))))
-                elif child in on_stack:
-                    low[node] = min(low[node], index[child])
-                continue
-            work.pop()
-            if work:
-                low[work[-1][0]] = min(low[work[-1][0]], low[node])
-            if low[node] == index[node]:
-                component = []
-                while True:
-                    member = stack.pop()
-                    on_stack.discard(member)
-                    component.append(member)
-                    if member == node:
-                        break
-                if len(component) > 1:
-                    components.append(sorted(component))
-    return sorted(components)
+    """The groups of modules that all reach each other (a package has ~100: no need for Tarjan)."""
+    reach = {node: _reachable(graph, node) for node in graph}
+    groups = {frozenset(m for m in reach[n] if n in reach[m]) for n in graph if n in reach[n]}
+    return sorted(sorted(group) for group in groups)
 
 
 def cycle_path(graph: Graph, component: list[str]) -> list[str]:
