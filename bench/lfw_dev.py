@@ -122,7 +122,7 @@ def main(argv=None) -> int:
 
     from facepipe.config import from_dict, parse_sets
     from facepipe.data.pack import PackConfig, pack
-    from facepipe.evaluation.verification import evaluate_verification
+    from facepipe.evaluation.verification_step import evaluate_verification
     from facepipe.recognition.config import RecognitionTrainConfig
     from facepipe.recognition.train import train_recognition
 

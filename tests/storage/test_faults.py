@@ -48,7 +48,7 @@ def test_server_killed_inside_a_multipart_upload(private_s3, tmp_path, monkeypat
     """The endpoint dies while the parts of the 11 MB weights file are in flight."""
     src = make_model_folder(tmp_path / "v1", small=2)
     uri = "s3://models/run8/recognizer"
-    counted = storage._ByteProgress.__call__
+    counted = storage.transfer._ByteProgress.__call__
     sent = []
 
     def count_and_kill(self, n):
@@ -57,10 +57,10 @@ def test_server_killed_inside_a_multipart_upload(private_s3, tmp_path, monkeypat
             private_s3.stop()
         counted(self, n)
 
-    monkeypatch.setattr(storage._ByteProgress, "__call__", count_and_kill)
+    monkeypatch.setattr(storage.transfer._ByteProgress, "__call__", count_and_kill)
     with pytest.raises(StorageError, match="failed after 3 attempts"):
         storage.upload(src, uri, workers=1, quiet=True)
-    monkeypatch.setattr(storage._ByteProgress, "__call__", counted)
+    monkeypatch.setattr(storage.transfer._ByteProgress, "__call__", counted)
 
     private_s3.start()
     assert not storage.is_complete(uri)

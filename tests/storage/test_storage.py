@@ -273,7 +273,7 @@ def test_obs_client_settings_follow_the_endpoint(monkeypatch, endpoint, expected
     monkeypatch.setenv("OBS_ENDPOINT", endpoint)
     monkeypatch.delenv("OBS_REGION", raising=False)
     monkeypatch.delenv("OBS_SIGNATURE", raising=False)
-    client = storage._backend(storage.parse_uri("obs://bucket/x")).client
+    client = storage.backend_for(storage.parse_uri("obs://bucket/x")).client
     assert {k: getattr(client, k) for k in expected} == expected
 
 

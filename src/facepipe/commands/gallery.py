@@ -24,7 +24,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import json
 
-    from facepipe.gallery.store import add_identities, gallery_info, remove_identities
+    from facepipe.gallery.edit import add_identities, remove_identities
+    from facepipe.gallery.store import gallery_info
 
     if args.action == "add":
         from facepipe.commands.build_gallery import optional_model

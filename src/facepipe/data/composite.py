@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from facepipe.config import bounded
+from facepipe.data.synth_nuisance import background, degrade, light
 from facepipe.errors import ConfigError, DataError
 
 LFW_SIZE = 250
@@ -96,8 +97,6 @@ def photo_background(rng: np.random.Generator, photos: list[Path], height: int, 
 
 def render_composite(cfg: CompositeConfig, photos: list[Path], index: int):
     """One scene: (BGR image, list of (x1, y1, x2, y2) face boxes). Deterministic in (seed, index)."""
-    from facepipe.data.synth import background, degrade, light
-
     rng = np.random.default_rng([cfg.seed, 41, index])
     h, w = cfg.height, cfg.width
     if rng.random() < cfg.photo_background_fraction:

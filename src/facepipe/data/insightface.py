@@ -23,12 +23,12 @@ Relative paths in a `.lst` are relative to the folder holding the `.lst`.
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from facepipe.data.jpeg import jpeg_info
 from facepipe.data.recordio import (IndexedRecordReader, RecordWriter, decode_image, frame,
                                     pack_record, unpack_record)
 from facepipe.errors import DataError
@@ -394,9 +394,6 @@ class FaceRecordSet:
         payload, label = self.read(i)
         return decode_image(payload, self.rec_path, self.reader.offset(self.key(i))), label
 
-    def identity_of(self, i: int) -> int:
-        return int(bisect.bisect_right(self.identity_ranges[:, 0].tolist(), i) - 1)
-
     def close(self) -> None:
         self.reader.close()
 
@@ -456,7 +453,6 @@ def describe(rec_path: str | Path, sample: int = 0, progress: bool = True) -> di
     Reads every image record (or the first `sample`), which also checks each record's framing
     and that its label agrees with its identity record.
     """
-    from facepipe.data.pack import jpeg_info
     from facepipe.progress import Progress
 
     rs = open_rec(rec_path)

@@ -31,8 +31,10 @@ import numpy as np
 
 from facepipe.config import bounded
 from facepipe.data.crop import center_crop_resize
+from facepipe.data.insightface import InsightFaceWriter, lst_line, read_lst, relative_to_lst, write_property
+from facepipe.data.jpeg import jpeg_complete, jpeg_info
 from facepipe.errors import ConfigError, DataError
-from facepipe.manifest import MANIFEST
+from facepipe.manifest import MANIFEST, write_manifest
 from facepipe.progress import Progress
 from facepipe.run_logger import NullLogger, RunLogger
 
@@ -55,51 +57,6 @@ class PackConfig:
         if self.detector is not None and not Path(self.detector).is_file():
             raise ConfigError(f"PackConfig.detector: {self.detector!r} is not a file "
                               f"(expected a detector model.pt)")
-
-
-# ---------------------------------------------------------------------------------------------
-# JPEG structure, read without decoding
-# ---------------------------------------------------------------------------------------------
-
-_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-def jpeg_info(data: bytes) -> tuple[int, int, int] | None:
-    """(width, height, components) from a JPEG's frame header, or None if not a JPEG."""
-    if data[:2] != b"\xff\xd8":
-        return None
-    i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:
-            i += 2
-            continue
-        if marker in _SOF_MARKERS:
-            if i + 10 > n:
-                return None
-            h = int.from_bytes(data[i + 5:i + 7], "big")
-            w = int.from_bytes(data[i + 7:i + 9], "big")
-            return w, h, data[i + 9]
-        if marker in (0xDA, 0xD9):  # scan or end before any frame header
-            return None
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-    return None
-
-
-def jpeg_complete(data: bytes) -> bool:
-    """True when an end-of-image marker follows the last scan (a truncated file has none).
-
-    OpenCV decodes a truncated JPEG without an error (grey bottom rows), so this is the check
-    that keeps cut-off downloads out of a dataset.
-    """
-    if data[-2:] == b"\xff\xd9":  # the usual file; a cut can only end here inside a header,
-        return b"\xff\xda" in data  # which jpeg_info rejects, or right after a complete scan
-    return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda") >= 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,8 +242,6 @@ def list_identity_tree(folders: list[os.DirEntry], skipped: list[dict]) -> Itera
 
 
 def list_lst(lst_path: Path) -> tuple[list[_Identity], str]:
-    from facepipe.data.insightface import read_lst, relative_to_lst
-
     fmt, entries = read_lst(lst_path)
     by_label: dict[int, list[tuple[str, str, tuple | None]]] = {}
     for e in entries:
@@ -355,8 +310,6 @@ class _Packer:
     """The parent's side of packing: group worker results by identity, write them in order."""
 
     def __init__(self, cfg: PackConfig, out_dir: Path, n_identities: int, progress: bool):
-        from facepipe.data.insightface import InsightFaceWriter
-
         self.cfg = cfg
         self.writer = InsightFaceWriter(out_dir, cfg.prefix)
         self.lst_tmp = out_dir / f"{cfg.prefix}.lst.tmp"
@@ -392,8 +345,6 @@ class _Packer:
             self.finish(listed[current], usable)
 
     def finish(self, ident: _Identity, usable: list) -> None:
-        from facepipe.data.insightface import lst_line
-
         self.bar.update(1, images=self.seen)
         if len(usable) < self.cfg.min_images:
             reason = ("empty folder" if not ident.files else
@@ -418,9 +369,6 @@ class _Packer:
 def pack(cfg: PackConfig, src: str | Path, out_dir: str | Path, logger: RunLogger = NullLogger(),
          progress: bool = True) -> dict:
     """Pack `src` (identity tree or .lst) into an InsightFace RecordIO dataset in `out_dir`."""
-    from facepipe.data.insightface import write_property
-    from facepipe.manifest import write_manifest
-
     cfg.validate()
     src, out_dir = Path(src), Path(out_dir)
     if not src.exists():

@@ -429,10 +429,6 @@ class IndexedRecordReader:
 
     __getitem__ = read
 
-    def read_at(self, offset: int) -> bytes:
-        payload, _ = _unframe(self._handle.read, offset, self.rec_path, self.size)
-        return payload
-
     def close(self) -> None:
         self._handle.close()
 

@@ -106,7 +106,7 @@ class _Skip(Exception):
 
 
 def _verification(cfg, data: Path, recognizer_path, detector_path, out: Path) -> dict:
-    from facepipe.evaluation.verification import evaluate_verification
+    from facepipe.evaluation.verification_step import evaluate_verification
 
     pairs = data / "faces_pairs.txt"
     if not pairs.is_file() or not (data / "faces_eval").is_dir():

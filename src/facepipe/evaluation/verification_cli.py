@@ -21,7 +21,7 @@ def run(args) -> int:
     import json
 
     from facepipe.errors import ConfigError
-    from facepipe.evaluation.verification import evaluate_verification
+    from facepipe.evaluation.verification_step import evaluate_verification
 
     if args.center_crop is not None and not 0.1 <= args.center_crop <= 1.0:
         raise ConfigError(f"--center-crop {args.center_crop}: expected a share between 0.1 and 1")

@@ -18,6 +18,7 @@ import numpy as np
 
 from facepipe.config import bounded, choice, to_dict
 from facepipe.errors import ConfigError, DataError
+from facepipe.gallery.store import FORMAT_VERSION, Gallery, check_replaceable, save_replacing
 from facepipe.progress import Progress
 from facepipe.run_logger import NullLogger, RunLogger
 
@@ -201,8 +202,6 @@ def make_gallery(cfg: GalleryConfig, names: list[str], embeddings: np.ndarray, l
                  records: list[dict], recognizer, aligner, source: str,
                  calibration_embeddings: np.ndarray | None = None):
     """An in-memory gallery (indexed and calibrated) of already embedded identities."""
-    from facepipe.gallery.store import FORMAT_VERSION, Gallery
-
     meta = {
         "format": FORMAT_VERSION, "recognizer_digest": recognizer.digest,
         "detector_digest": aligner.digest, "embedding_size": int(recognizer.embedding_size),
@@ -240,21 +239,13 @@ def gallery_from_tree(cfg: GalleryConfig, data_dir, recognizer, aligner):
 def build_gallery(cfg: GalleryConfig, data_dir, detector_path, recognizer_path, out_dir,
                   logger: RunLogger = NullLogger()) -> dict:
     """Enrol `data_dir` (identity folders) into a gallery at `out_dir`; returns the build report."""
-    import shutil
-
-    from facepipe.gallery.store import check_replaceable, replace_folder
-
     t0 = time.time()
     out = Path(out_dir)
     check_replaceable(out)  # before the slow part
     recognizer, aligner = load_models(recognizer_path, detector_path, cfg)
     gallery, report = gallery_from_tree(cfg, data_dir, recognizer, aligner)
     report["seconds"] = round(time.time() - t0, 2)
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    gallery.save(tmp, extra_report=report)
-    replace_folder(tmp, out)
+    save_replacing(gallery, out, report)
     logger.log_params({f"gallery.{k}": v for k, v in to_dict(cfg).items()})
     metrics = {"gallery.identities": report["identities"], "gallery.images": report["images"],
                "gallery.enrolled_images": report["enrolled_images"],

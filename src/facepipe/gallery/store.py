@@ -309,81 +309,21 @@ def check_replaceable(final_dir: Path) -> None:
                         "empty output folder)", path=final_dir)
 
 
-def replace_folder(tmp_dir: Path, final_dir: Path) -> None:
-    """Swap a freshly written gallery into place (the old one stays intact until this point)."""
+def save_replacing(gallery: Gallery, final_dir: Path, extra_report: dict | None = None) -> None:
+    """Write the gallery beside `final_dir`, then swap it in: the old one stays intact until then."""
     check_replaceable(final_dir)
+    tmp = final_dir.with_name(final_dir.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    gallery.save(tmp, extra_report=extra_report)
     backup = final_dir.with_name(final_dir.name + ".old")
     if backup.exists():
         shutil.rmtree(backup)
     if final_dir.exists():
         final_dir.rename(backup)
-    tmp_dir.rename(final_dir)
+    tmp.rename(final_dir)
     if backup.exists():
         shutil.rmtree(backup)
-
-
-def _save_in_place(gallery: Gallery, gallery_dir: Path, change: dict) -> None:
-    """Write the edited gallery beside the old one, then swap it in (no half-edited gallery)."""
-    report = dict(gallery.report)
-    report.setdefault("edits", []).append(change)
-    report["threshold"] = gallery.threshold
-    report["calibration"] = gallery.calibration
-    gallery.meta["modified"] = change["time"]
-    tmp = gallery_dir.with_name(gallery_dir.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    gallery.save(tmp, extra_report=report)
-    replace_folder(tmp, gallery_dir)
-
-
-def add_identities(gallery_dir, data_dir, recognizer_path, detector_path=None, replace: bool = False) -> dict:
-    """Enrol the identity folders in `data_dir` into an existing gallery (no rebuild of the rest)."""
-    import time
-
-    from facepipe.config import from_dict
-    from facepipe.gallery.build import GalleryConfig, enrol, load_models
-
-    gallery_dir = Path(gallery_dir)
-    gallery = Gallery.load(gallery_dir, verify=True)
-    cfg = from_dict(GalleryConfig, gallery.meta["config"], source=str(gallery_dir / "gallery.json"))
-    recognizer, aligner = load_models(recognizer_path, detector_path, cfg)
-    gallery.check_recognizer(recognizer.digest, recognizer.embedding_size, recognizer_path)
-    names, emb, labels, records, report = enrol(cfg, data_dir, recognizer, aligner, desc="adding")
-    if not names:
-        raise DataError("no identity in the folder has a usable face image", path=data_dir)
-    if set(names) & set(gallery.identities) and not replace:
-        raise DataError(f"identities already enrolled: {sorted(set(names) & set(gallery.identities))[:10]}; "
-                        "use --replace to re-enrol them", path=data_dir)
-    before = gallery.threshold
-    gallery.add(names, emb, labels, records, replace=replace)
-    change = {"action": "add", "identities": names, "source": str(data_dir),
-              "detector_digest": aligner.digest, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "problems": {k: report[k] for k in ("no_face", "several_faces", "unreadable",
-                                                  "empty_identity_folders", "duplicate_identity_names")}}
-    _save_in_place(gallery, gallery_dir, change)
-    return {**change, "threshold_before": before, "threshold": gallery.threshold,
-            "num_identities": len(gallery.identities)}
-
-
-def remove_identities(gallery_dir, names: list[str]) -> dict:
-    """Drop identities by name; unknown names are an error (nothing is changed)."""
-    import time
-
-    gallery_dir = Path(gallery_dir)
-    gallery = Gallery.load(gallery_dir, verify=True)
-    missing = [n for n in names if n not in gallery.identities]
-    if missing:
-        raise DataError(f"not enrolled: {missing[:10]} (the gallery has {len(gallery.identities)} identities; "
-                        "see `facepipe gallery info --list`)", path=gallery_dir)
-    if len(set(names)) >= len(gallery.identities):
-        raise DataError("removing every identity would leave an empty gallery", path=gallery_dir)
-    before = gallery.threshold
-    gallery.remove(names)
-    change = {"action": "remove", "identities": list(names),
-              "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    _save_in_place(gallery, gallery_dir, change)
-    return {**change, "threshold_before": before, "threshold": gallery.threshold,
-            "num_identities": len(gallery.identities)}
 
 
 def gallery_info(gallery_dir) -> dict:

@@ -1,0 +1,61 @@
+"""The verification step: a recognizer model.pt scores a pairs set (LFW pairs.txt or InsightFace .bin).
+
+Writes metrics.json, scores.csv, roc.png, det.png and manifest.json; the metrics themselves are
+`facepipe.evaluation.verification`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from facepipe.evaluation.verification import plot_roc_det, verification_metrics
+from facepipe.run_logger import NullLogger
+
+
+def face_preparer(recognizer, detector_path=None, center_crop: float | None = None):
+    """image_bgr -> face at the recognizer's input size: detector alignment, else a center crop."""
+    size = recognizer.input_size
+    if detector_path is not None:
+        from facepipe.gallery.align import FaceAligner
+
+        aligner = FaceAligner(detector_path)
+        # align() returns (aligned_face, info); only the face is embedded.
+        return lambda image: aligner.align(image, size)[0]
+    from facepipe.data.crop import center_crop_resize
+
+    crop = recognizer.center_crop if center_crop is None else center_crop
+    return lambda image: center_crop_resize(image, size, crop)
+
+
+def evaluate_verification(model_path, pairs_path, images_dir, out_dir, detector_path=None,
+                          center_crop: float | None = None, logger=NullLogger()) -> dict:
+    """Score every pair with the recognizer at `model_path`; write metrics.json, scores.csv,
+    roc.png, det.png and manifest.json to `out_dir`; return the metrics."""
+    from facepipe.evaluation.pairs import load_verification_set
+    from facepipe.manifest import write_manifest
+    from facepipe.recognition.embed import Recognizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recognizer = Recognizer.load(model_path)
+    target = load_verification_set(pairs_path, images_dir, face_preparer(recognizer, detector_path, center_crop))
+    emb = recognizer.embed(target.faces)
+    scores = np.sum(emb[target.left] * emb[target.right], axis=1)
+    found = verification_metrics(scores, target.same, target.folds)
+    metrics = {f"verification.{k}": v for k, v in found.items()}
+    metrics["verification.pairs"] = int(len(scores))
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    with open(out_dir / "scores.csv", "w") as f:
+        for s, y in zip(scores, target.same):
+            f.write(f"{s:.6f},{int(y)}\n")
+    plots = plot_roc_det(scores, target.same, out_dir, Path(pairs_path).name)
+    logger.log_metrics({k: v for k, v in metrics.items()})
+    for p in [out_dir / "metrics.json", out_dir / "scores.csv", *plots]:
+        logger.log_artifact(p)
+    write_manifest(out_dir, "verification", {"model_digest": recognizer.digest,
+                                             "pairs": str(pairs_path)})
+    return metrics
+
