@@ -31,7 +31,9 @@ def print_summary(record, root) -> None:
     if record.outputs:
         import json
 
-        order = ["data", "records", "detector", "recognizer", "gallery", "evaluation", "metrics", "report"]
+        from facepipe.steps import PIPELINE_STEPS, STEPS
+
+        order = [STEPS[s].output for s in PIPELINE_STEPS] + ["metrics", "report"]
         print("outputs:")
         for name in sorted(record.outputs, key=lambda n: order.index(n) if n in order else len(order)):
             print(f"  {name:12s} {record.outputs[name]}")

@@ -362,7 +362,7 @@ def _finish_parent(parent_id: str, record: RunRecord) -> None:
 
     logger = MlflowLogger(parent_id)
     logger.set_tags({**{f"facepipe.step.{k}": v for k, v in record.steps.items()},
-                     "facepipe.input_data_digest": _data_digest(record.outputs.get("data")),
+                     "facepipe.input_data_digest": _data_digest(record.outputs.get("images")),
                      "facepipe.status": record.status})
     metrics_path = record.outputs.get("metrics")
     if metrics_path and Path(metrics_path).is_file():
