@@ -11,32 +11,21 @@ import importlib
 import sys
 
 from facepipe.errors import FacepipeError
+from facepipe.steps import STEPS
 
-# name -> module under facepipe.commands
-COMMANDS = {
-    "synth": "synth",
-    "labels": "labels",
-    "pack": "pack",
-    "rec-info": "rec_info",
-    "unpack": "unpack",
-    "train-recognition": "train_recognition",
-    "train-detection": "train_detection",
-    "detect": "detect",
-    "build-gallery": "build_gallery",
-    "gallery": "gallery",
-    "recognize": "recognize",
-    "evaluate": "evaluate",
-    "run": "run",
-    "runs": "runs",
-    "rerun": "rerun",
-    "submit": "submit",
-    "submit-modelarts": "submit_modelarts",
-    "storage": "storage",
-}
+# The step commands come from the step records; these are the tools around them.
+TOOLS = ["labels", "rec-info", "unpack", "detect", "gallery", "evaluate", "run", "runs", "rerun", "submit",
+         "submit-modelarts", "storage"]
+COMMANDS = [s.command for s in STEPS.values() if s.command] + TOOLS
+
+
+def command_module(name: str) -> str:
+    """`facepipe <name>` lives in facepipe/commands/<name with '-' as '_'>.py."""
+    return f"facepipe.commands.{name.replace('-', '_')}"
 
 
 def _load(name: str):
-    return importlib.import_module(f"facepipe.commands.{COMMANDS[name]}")
+    return importlib.import_module(command_module(name))
 
 
 def main(argv: list[str] | None = None) -> int:
