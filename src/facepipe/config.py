@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import types
 import typing
 from pathlib import Path
@@ -162,12 +163,30 @@ def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T
     return cfg
 
 
+def project_file(relative: str) -> Path:
+    """A file the project ships (pipeline.yaml, jobs/, images/images.lock.json): in the source
+    checkout holding this package, else where the wheel installed them (<prefix>/share/facepipe)."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file():
+        return checkout / relative
+    return Path(sys.prefix) / "share" / "facepipe" / relative
+
+
+def job_file(job: str | Path) -> Path:
+    """A job file by path, or by the name of one the project ships (`tiny` = jobs/tiny.yaml)."""
+    path = Path(job)
+    if path.exists() or len(path.parts) > 1 or path.suffix:
+        return path
+    return project_file(f"jobs/{path}.yaml")
+
+
 def read_job_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    path = job_file(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        shipped = sorted(p.stem for p in project_file("jobs").glob("*.yaml"))
+        raise ConfigError(f"{path}: config file not found (job names shipped: {shipped})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):

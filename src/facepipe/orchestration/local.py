@@ -31,13 +31,13 @@ from typing import Any, Iterable
 
 import yaml
 
+from facepipe.config import project_file
 from facepipe.errors import ConfigError, FacepipeError
 from facepipe.manifest import sha256_file
 from facepipe.orchestration.params import RUN_PARAMETERS, RUN_SECTION, Arguments
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_PIPELINE = PROJECT_ROOT / "pipeline.yaml"
-DEFAULT_JOB = PROJECT_ROOT / "jobs" / "demo.yaml"
+DEFAULT_PIPELINE = project_file("pipeline.yaml")
+DEFAULT_JOB = project_file("jobs/demo.yaml")
 RUNS_ENV = "FACEPIPE_RUNS_DIR"
 EXPERIMENT = "facepipe"
 RUN_RECORD = "run.json"
