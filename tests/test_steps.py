@@ -55,9 +55,9 @@ def test_each_record_resolves_to_its_config_and_function(name):
     producers = {s.output for s in STEPS.values()}
     assert {p.artifact for p in step.inputs} <= producers, "an input no step writes"
     if step.command:
-        from facepipe.cli import command_module
+        from facepipe.cli import load_command
 
-        assert hasattr(importlib.import_module(command_module(step.command)), "run")
+        assert hasattr(load_command(step.command), "run")
 
 
 @pytest.mark.parametrize("name", [s for s in PIPELINE_STEPS if s != "synth"])

@@ -19,13 +19,9 @@ TOOLS = ["labels", "rec-info", "unpack", "detect", "gallery", "evaluate", "run",
 COMMANDS = [s.command for s in STEPS.values() if s.command] + TOOLS
 
 
-def command_module(name: str) -> str:
+def load_command(name: str):
     """`facepipe <name>` lives in facepipe/commands/<name with '-' as '_'>.py."""
-    return f"facepipe.commands.{name.replace('-', '_')}"
-
-
-def _load(name: str):
-    return importlib.import_module(command_module(name))
+    return importlib.import_module(f"facepipe.commands.{name.replace('-', '_')}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_parser(name)
             continue
         try:
-            module = _load(name)
+            module = load_command(name)
         except ModuleNotFoundError as exc:
             if wanted is not None or not exc.name or not exc.name.startswith("facepipe.commands"):
                 raise
@@ -51,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(_load(args.command).run(args) or 0)
+        return int(load_command(args.command).run(args) or 0)
     except FacepipeError as exc:
         print(f"facepipe {args.command}: error: {exc}", file=sys.stderr)
         return 2

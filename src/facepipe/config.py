@@ -164,24 +164,16 @@ def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T
 
 
 def project_file(relative: str) -> Path:
-    """A file the project ships (pipeline.yaml, jobs/, images/images.lock.json): in the source
-    checkout holding this package, else where the wheel installed them (<prefix>/share/facepipe)."""
+    """A file the project ships (pipeline.yaml, jobs/, images/images.lock.json): from the source
+    checkout holding this package, else where the wheel put them (<prefix>/share/facepipe)."""
     checkout = Path(__file__).resolve().parents[2]
-    if (checkout / "pyproject.toml").is_file():
-        return checkout / relative
-    return Path(sys.prefix) / "share" / "facepipe" / relative
-
-
-def job_file(job: str | Path) -> Path:
-    """A job file by path, or by the name of one the project ships (`tiny` = jobs/tiny.yaml)."""
-    path = Path(job)
-    if path.exists() or len(path.parts) > 1 or path.suffix:
-        return path
-    return project_file(f"jobs/{path}.yaml")
+    return (checkout if (checkout / "pyproject.toml").is_file() else Path(sys.prefix, "share", "facepipe")) / relative
 
 
 def read_job_file(path: str | Path) -> dict[str, Any]:
-    path = job_file(path)
+    path = Path(path)
+    if not path.exists() and len(path.parts) == 1 and not path.suffix:  # a shipped job by name: `tiny`
+        path = project_file(f"jobs/{path}.yaml")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:

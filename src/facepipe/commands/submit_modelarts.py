@@ -7,7 +7,6 @@ HELP = "submit one step as a Huawei Cloud ModelArts training job (SWR image, OBS
 
 def add_arguments(parser) -> None:
     from facepipe.orchestration.modelarts import JOB_STEPS, input_names
-    from facepipe.steps import STEPS
 
     parser.add_argument("step", choices=JOB_STEPS, help="the step to run")
     # One option per step input (port), named as the job's OBS input.

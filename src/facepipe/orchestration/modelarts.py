@@ -18,8 +18,9 @@ import re
 import shlex
 import time
 from dataclasses import dataclass, field
+
 from facepipe.errors import ConfigError, StorageError
-from facepipe.steps import STEPS, Port, Step
+from facepipe.steps import STEPS, Step
 
 INPUT_ROOT = "/home/ma-user/modelarts/inputs"
 OUTPUT_ROOT = "/home/ma-user/modelarts/outputs"
@@ -33,34 +34,24 @@ PASS_THROUGH_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME")
 JOB_STEPS = [s.name for s in STEPS.values() if s.command]
 
 
-def input_name(port: Port) -> str:
-    """A port's OBS input name and `submit-modelarts` option: its argument without _dir/_path."""
-    return port.arg.removesuffix("_dir").removesuffix("_path")
-
-
 def input_names(step: str) -> list[str]:
-    return [input_name(p) for p in STEPS[step].inputs] if step in JOB_STEPS else []
+    """The OBS inputs (and `submit-modelarts` options): each port's argument without _dir/_path."""
+    return [p.arg.removesuffix("_dir").removesuffix("_path") for p in STEPS[step].inputs] if step in JOB_STEPS else []
 
 
 def job_command(step: Step, dirs: dict[str, str], out_dir: str, overrides: list[str]) -> str:
-    """`facepipe <command> <inputs in port order> <out> --set ...` on the job's local folders.
-
-    A model input is the model folder on OBS (as train-* publishes it); the command gets the file
-    inside it that the step reads (`{input}/model.pt`). Other inputs are taken as given.
-    """
+    """`facepipe <command> <inputs in port order> <out> --set ...` on the job's local folders; a model
+    input is its OBS folder (as train-* publishes it) and the command gets the model.pt inside."""
     import argparse
-    import importlib
 
-    from facepipe.cli import command_module
+    from facepipe.cli import load_command
 
     models = {s.output for s in STEPS.values() if s.output_kind == "model"}
-    paths = [p.path_in(dirs[input_name(p)]) if p.artifact in models else dirs[input_name(p)] for p in step.inputs]
+    paths = [p.path_in(dirs[n]) if p.artifact in models else dirs[n] for p, n in zip(step.inputs, dirs)]
     parser = argparse.ArgumentParser()
-    importlib.import_module(command_module(step.command)).add_arguments(parser)
-    takes_out_option = any("--out" in action.option_strings for action in parser._actions)  # recognize
-    words = ["facepipe", step.command, *paths, *(["--out", out_dir] if takes_out_option else [out_dir])]
-    words += [w for o in overrides for w in ("--set", o)]
-    return shlex.join(words)
+    load_command(step.command).add_arguments(parser)
+    out = ["--out", out_dir] if "--out" in parser._option_string_actions else [out_dir]  # recognize's
+    return shlex.join(["facepipe", step.command, *paths, *out] + [w for o in overrides for w in ("--set", o)])
 
 
 def obs_url(uri: str, what: str) -> str:
