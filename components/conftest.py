@@ -11,6 +11,7 @@ import os
 
 import pytest
 
+from facepipe.config import project_file
 from facepipe.orchestration import images
 # The shared data and service fixtures are registered once by the root conftest.py.
 
@@ -39,7 +40,7 @@ def step_values(step: str, **overrides) -> dict:
     return values
 
 
-TINY_JOB = images.PROJECT_ROOT / "jobs" / "tiny.yaml"
+TINY_JOB = project_file("jobs/tiny.yaml")
 
 
 def tiny_config(step: str, **overrides):

@@ -3,10 +3,11 @@
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
-from facepipe.orchestration.images import TRAIN_IMAGE, image_reference
+from facepipe.orchestration.images import image_reference
+from facepipe.steps import STEPS
 
 
-@dsl.component(base_image=image_reference(TRAIN_IMAGE), install_kfp_package=False)
+@dsl.component(base_image=image_reference(STEPS["build_gallery"].image), install_kfp_package=False)
 def build_gallery(
     config: dict,
     images: Input[Dataset],
@@ -20,8 +21,9 @@ def build_gallery(
 ):
     """Embed `images`/faces/<identity>/ into `gallery` (embeddings, names, index, manifest)."""
     from facepipe.orchestration.component_runtime import run_step
+    from facepipe.steps import STEPS
 
-    inputs = {"data_dir": images.path + "/faces", "detector_path": detector.path + "/model.pt",
-              "recognizer_path": recognizer.path + "/model.pt"}
+    inputs = STEPS["build_gallery"].local_inputs({"images": images.path, "detector": detector.path,
+                                                  "recognizer": recognizer.path})
     run_step("build_gallery", config, inputs, gallery.path, metrics=metrics, report=report,
              parent_run_id=mlflow_parent_run_id, output_uri=output_uri)

@@ -3,10 +3,11 @@
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
-from facepipe.orchestration.images import TRAIN_IMAGE, image_reference
+from facepipe.orchestration.images import image_reference
+from facepipe.steps import STEPS
 
 
-@dsl.component(base_image=image_reference(TRAIN_IMAGE), install_kfp_package=False)
+@dsl.component(base_image=image_reference(STEPS["evaluate"].image), install_kfp_package=False)
 def evaluate(
     config: dict,
     images: Input[Dataset],
@@ -21,8 +22,9 @@ def evaluate(
 ):
     """Score the models on `images`; `evaluation` gets metrics.json, the PNG plots and report.md."""
     from facepipe.orchestration.component_runtime import run_step
+    from facepipe.steps import STEPS
 
-    inputs = {"data_dir": images.path, "detector_path": detector.path + "/model.pt",
-              "recognizer_path": recognizer.path + "/model.pt", "gallery_dir": gallery.path}
+    inputs = STEPS["evaluate"].local_inputs({"images": images.path, "detector": detector.path,
+                                             "recognizer": recognizer.path, "gallery": gallery.path})
     run_step("evaluate", config, inputs, evaluation.path, metrics=metrics, report=report,
              parent_run_id=mlflow_parent_run_id, output_uri=output_uri)

@@ -16,8 +16,12 @@ def test_step_function_writes_stable_metrics_and_plots(tiny_data, tiny_models, t
     metrics = evaluate_pipeline(tiny_config("evaluate"), tiny_data, detector / "model.pt", recognizer / "model.pt",
                                 tiny_gallery, tmp_path)
     written = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(STABLE_KEYS) <= set(written)
-    assert 0.0 <= metrics["verification.accuracy"] <= 1.0
+    assert set(STABLE_KEYS) <= set(written) and written["verification.auc"] == metrics["verification.auc"]
+    synth = tiny_config("synth")
+    # Every pair of faces_pairs.txt is scored; the given gallery is searched, not rebuilt.
+    assert metrics["verification.pairs"] == 2 * synth.pair_folds * synth.pairs_per_fold
+    assert metrics["identification.num_gallery"] == synth.identities
+    assert not metrics["evaluate.skipped"]
     assert list(tmp_path.rglob("*.png"))
 
 
@@ -29,6 +33,10 @@ def test_component_through_kfp_local(kfp_local, tiny_data, tiny_models, tiny_gal
                                                "recognizer": (Model, recognizer), "gallery": (Dataset, tiny_gallery)},
                          config=tiny_values("evaluate"), output_uri="", mlflow_parent_run_id="")
     metrics = json.loads((task / "metrics").read_text())
-    assert "verification.accuracy" in metrics and "detection.ap50" in metrics
+    written = json.loads((task / "evaluation" / "metrics.json").read_text())
+    for key in ("verification.accuracy", "identification.rank1", "detection.ap50"):
+        assert metrics[key] == written[key], key  # the KFP metrics are the step's own
+    synth = tiny_config("synth")
+    assert metrics["verification.pairs"] == 2 * synth.pair_folds * synth.pairs_per_fold
     report = (task / "report").read_text()
     assert report.count("data:image/png;base64,") >= 2  # the plots are inside the report

@@ -3,10 +3,11 @@
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Metrics, Output
 
-from facepipe.orchestration.images import DATA_IMAGE, image_reference
+from facepipe.orchestration.images import image_reference
+from facepipe.steps import STEPS
 
 
-@dsl.component(base_image=image_reference(DATA_IMAGE), install_kfp_package=False)
+@dsl.component(base_image=image_reference(STEPS["pack"].image), install_kfp_package=False)
 def pack(
     synth_config: dict,
     pack_config: dict,
@@ -20,11 +21,12 @@ def pack(
 ):
     """Localize `data_uri` (or synthesize data when it is empty) into `images`, pack its faces into `records`."""
     from facepipe.orchestration.component_runtime import localize_data, run_step
+    from facepipe.steps import STEPS
 
     if data_uri:
         localize_data(data_uri, images.path)
     else:
         run_step("synth", synth_config, {}, images.path,
                  parent_run_id=mlflow_parent_run_id, output_uri=output_uri)
-    run_step("pack", pack_config, {"src": images.path + "/faces"}, records.path, metrics=metrics,
+    run_step("pack", pack_config, STEPS["pack"].local_inputs({"images": images.path}), records.path, metrics=metrics,
              report=report, parent_run_id=mlflow_parent_run_id, output_uri=output_uri)

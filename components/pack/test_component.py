@@ -12,6 +12,21 @@ from facepipe.errors import ConfigError
 
 TINY_SYNTH = dict(identities=4, images=3, scenes=2, eval_identities=2, pair_folds=1, pairs_per_fold=2,
                   face_size=64, scene_size=128)
+TINY_FACES = TINY_SYNTH["identities"] * TINY_SYNTH["images"]
+
+
+def packed_faces(rec_dir: Path) -> list[tuple[int, tuple]]:
+    """(label, image shape) of every face record, found through the header record as InsightFace reads it."""
+    from facepipe.data.recordio import IndexedRecordReader, decode_image, unpack_record
+
+    reader = IndexedRecordReader(rec_dir / "train.rec")
+    header, _ = unpack_record(reader.read(0))
+    faces = [unpack_record(reader.read(key)) for key in range(1, int(header.label[0]))]
+    return [(int(h.label), decode_image(payload).shape) for h, payload in faces]
+
+
+def given_faces(data: Path) -> int:
+    return sum(1 for p in (data / "faces").rglob("*") if p.is_file())
 
 
 def test_step_functions_on_a_temp_folder(tmp_path):
@@ -20,8 +35,10 @@ def test_step_functions_on_a_temp_folder(tmp_path):
 
     synthesize(SynthConfig(**TINY_SYNTH), tmp_path / "data")
     report = pack(PackConfig(size=64, workers=1), tmp_path / "data" / "faces", tmp_path / "rec")
-    assert report["images_packed"] == 12
-    assert (tmp_path / "rec" / "train.rec").stat().st_size > 0
+    faces = packed_faces(tmp_path / "rec")
+    assert report["images_packed"] == len(faces) == TINY_FACES
+    assert sorted({label for label, _ in faces}) == list(range(TINY_SYNTH["identities"]))
+    assert {shape for _, shape in faces} == {(64, 64, 3)}
     assert (tmp_path / "rec" / "manifest.json").exists()
 
 
@@ -31,12 +48,11 @@ def test_component_synthesizes_and_packs_through_kfp_local(kfp_local):
     task = pack(synth_config=step_values("synth", **TINY_SYNTH), pack_config=step_values("pack", size=64),
                 data_uri="", output_uri="", mlflow_parent_run_id="")
     images, records = Path(task.outputs["images"].path), Path(task.outputs["records"].path)
-    assert len(list((images / "faces").iterdir())) == 4
+    assert len(list((images / "faces").iterdir())) == TINY_SYNTH["identities"]
     assert (images / "detection" / "train" / "label.txt").exists()
-    assert (records / "train.rec").exists() and (records / "train.idx").exists()
+    assert len(packed_faces(records)) == TINY_FACES
     metrics = json.loads(Path(task.outputs["metrics"].path).read_text())
-    assert metrics["images_packed"] == 12.0
-    assert task.outputs["metrics"].metadata["images_packed"] == 12.0
+    assert metrics["images_packed"] == task.outputs["metrics"].metadata["images_packed"] == TINY_FACES
     assert "<h1>facepipe step: pack</h1>" in Path(task.outputs["report"].path).read_text()
 
 
@@ -45,7 +61,8 @@ def test_component_packs_given_data(kfp_local, synth_small):
 
     task = pack(synth_config=step_values("synth"), pack_config=step_values("pack", size=64),
                 data_uri=str(synth_small), output_uri="", mlflow_parent_run_id="")
-    assert json.loads(Path(task.outputs["metrics"].path).read_text())["images_packed"] == 160.0
+    assert json.loads(Path(task.outputs["metrics"].path).read_text())["images_packed"] == given_faces(synth_small)
+    assert len(packed_faces(Path(task.outputs["records"].path))) == given_faces(synth_small)
 
 
 def test_bad_config_value_names_the_key():
@@ -65,7 +82,7 @@ def test_component_reads_obs_and_publishes_to_s3(kfp_local, synth_small, obs_env
     storage.upload(synth_small, "obs://pack-in/small")
     task = pack(synth_config=step_values("synth"), pack_config=step_values("pack", size=64),
                 data_uri="obs://pack-in/small", output_uri="s3://pack-out/run", mlflow_parent_run_id="")
-    assert json.loads(Path(task.outputs["metrics"].path).read_text())["images_packed"] == 160.0
+    assert json.loads(Path(task.outputs["metrics"].path).read_text())["images_packed"] == given_faces(synth_small)
     assert storage.is_complete("s3://pack-out/run/pack")
     local = Path(kfp_local) / "published"
     storage.download("s3://pack-out/run/pack", local)

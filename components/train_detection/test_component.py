@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import json
 
-import torch
+import cv2
+import numpy as np
 from kfp.dsl import Dataset
 
 from components.conftest import run_component, tiny_config, tiny_values
 
 
-def test_step_function_trains_a_detector_on_a_temp_folder(tiny_trained):
+def detects_on_a_scene(model_dir, data) -> np.ndarray:
+    """The trained model.pt loaded as `detect` loads it, run on one training scene: (N, 15) rows."""
+    from facepipe.detection.infer import Detector
+
+    scene = next(p for p in sorted((data / "detection" / "train").rglob("*")) if p.suffix in (".jpg", ".png"))
+    return Detector.load(model_dir / "model.pt").detect(cv2.imread(str(scene)), score_threshold=0.0)
+
+
+def test_step_function_trains_a_detector_on_a_temp_folder(tiny_data, tiny_trained):
     out, result = tiny_trained["detector"]  # train_detection(tiny config, data/detection, temp folder)
-    model = torch.load(out / "model.pt", weights_only=True)
-    assert model["kind"] == "detector"
-    assert 1 <= result["train.steps"] <= tiny_config("train_detection").max_steps
+    cfg = tiny_config("train_detection")
+    assert result["train.steps"] == min(cfg.max_steps, result["train.total_steps"])
+    labels = (tiny_data / "detection" / "train" / "label.txt").read_text().splitlines()
+    assert result["train.images"] == sum(line.startswith("#") for line in labels)  # every labelled scene
+    assert detects_on_a_scene(out, tiny_data).shape[1] == 15  # box, score, 5 landmarks
     assert (out / "manifest.json").exists() and (out / "model.onnx").exists()
 
 
@@ -23,7 +34,9 @@ def test_component_through_kfp_local(kfp_local, tiny_data):
 
     task = run_component(kfp_local, train_detection, {"images": (Dataset, tiny_data)},
                          config=tiny_values("train_detection"), output_uri="", mlflow_parent_run_id="")
-    assert (task / "detector" / "model.pt").exists() and (task / "detector" / "model.onnx").exists()
+    assert (task / "detector" / "model.onnx").exists()
+    assert detects_on_a_scene(task / "detector", tiny_data).shape[1] == 15
     metrics = json.loads((task / "metrics").read_text())
-    assert "val.ap50" in metrics and metrics["train.steps"] >= 1
+    assert "val.ap50" in metrics
+    assert metrics["train.steps"] == min(tiny_config("train_detection").max_steps, metrics["train.total_steps"])
     assert "<h1>facepipe step: train_detection</h1>" in (task / "report").read_text()

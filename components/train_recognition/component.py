@@ -3,10 +3,11 @@
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
-from facepipe.orchestration.images import TRAIN_IMAGE, image_reference
+from facepipe.orchestration.images import image_reference
+from facepipe.steps import STEPS
 
 
-@dsl.component(base_image=image_reference(TRAIN_IMAGE), install_kfp_package=False)
+@dsl.component(base_image=image_reference(STEPS["train_recognition"].image), install_kfp_package=False)
 def train_recognition(
     config: dict,
     records: Input[Dataset],
@@ -18,6 +19,8 @@ def train_recognition(
 ):
     """Train on `records` (PREFIX.rec/.idx); `recognizer` gets model.pt, model.onnx, metrics, plots."""
     from facepipe.orchestration.component_runtime import run_step
+    from facepipe.steps import STEPS
 
-    run_step("train_recognition", config, {"data_dir": records.path}, recognizer.path,
-             metrics=metrics, report=report, parent_run_id=mlflow_parent_run_id, output_uri=output_uri)
+    inputs = STEPS["train_recognition"].local_inputs({"records": records.path})
+    run_step("train_recognition", config, inputs, recognizer.path, metrics=metrics, report=report,
+             parent_run_id=mlflow_parent_run_id, output_uri=output_uri)

@@ -11,32 +11,17 @@ import importlib
 import sys
 
 from facepipe.errors import FacepipeError
+from facepipe.steps import STEPS
 
-# name -> module under facepipe.commands
-COMMANDS = {
-    "synth": "synth",
-    "labels": "labels",
-    "pack": "pack",
-    "rec-info": "rec_info",
-    "unpack": "unpack",
-    "train-recognition": "train_recognition",
-    "train-detection": "train_detection",
-    "detect": "detect",
-    "build-gallery": "build_gallery",
-    "gallery": "gallery",
-    "recognize": "recognize",
-    "evaluate": "evaluate",
-    "run": "run",
-    "runs": "runs",
-    "rerun": "rerun",
-    "submit": "submit",
-    "submit-modelarts": "submit_modelarts",
-    "storage": "storage",
-}
+# The step commands come from the step records; these are the tools around them.
+TOOLS = ["labels", "rec-info", "unpack", "detect", "gallery", "evaluate", "run", "runs", "rerun", "submit",
+         "submit-modelarts", "storage"]
+COMMANDS = [s.command for s in STEPS.values() if s.command] + TOOLS
 
 
-def _load(name: str):
-    return importlib.import_module(f"facepipe.commands.{COMMANDS[name]}")
+def load_command(name: str):
+    """`facepipe <name>` lives in facepipe/commands/<name with '-' as '_'>.py."""
+    return importlib.import_module(f"facepipe.commands.{name.replace('-', '_')}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_parser(name)
             continue
         try:
-            module = _load(name)
+            module = load_command(name)
         except ModuleNotFoundError as exc:
             if wanted is not None or not exc.name or not exc.name.startswith("facepipe.commands"):
                 raise
@@ -62,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(_load(args.command).run(args) or 0)
+        return int(load_command(args.command).run(args) or 0)
     except FacepipeError as exc:
         print(f"facepipe {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import types
 import typing
 from pathlib import Path
@@ -164,12 +165,22 @@ def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T
     return cfg
 
 
+def project_file(relative: str) -> Path:
+    """A file the project ships (pipeline.yaml, jobs/, images/images.lock.json): from the source
+    checkout holding this package, else where the wheel put them (<prefix>/share/facepipe)."""
+    checkout = Path(__file__).resolve().parents[2]
+    return (checkout if (checkout / "pyproject.toml").is_file() else Path(sys.prefix, "share", "facepipe")) / relative
+
+
 def read_job_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if not path.exists() and len(path.parts) == 1 and not path.suffix:  # a shipped job by name: `tiny`
+        path = project_file(f"jobs/{path}.yaml")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        shipped = sorted(p.stem for p in project_file("jobs").glob("*.yaml"))
+        raise ConfigError(f"{path}: config file not found (job names shipped: {shipped})") from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not a readable YAML text file ({type(exc).__name__})") from None
     except yaml.YAMLError as exc:

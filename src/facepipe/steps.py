@@ -72,6 +72,10 @@ class Step:
     def input(self, arg: str) -> Port:
         return next(p for p in self.inputs if p.arg == arg)
 
+    def local_inputs(self, artifact_dirs: dict[str, str]) -> dict[str, str]:
+        """The function's input paths by argument, given each input artifact's local folder."""
+        return {p.arg: p.path_in(artifact_dirs[p.artifact]) for p in self.inputs}
+
 
 def _resolve(ref: str):
     module, attr = ref.split(":")

@@ -66,8 +66,7 @@ def test_unpinned_names_only_when_asked_and_visibly_flagged(tmp_path):
 
 def test_every_step_config_key_is_a_pipeline_parameter():
     from facepipe.config import keys
-    from facepipe.steps import STEPS
-    from pipeline.pipeline import STEPS as PIPELINE_STEPS
+    from facepipe.steps import PIPELINE_STEPS, STEPS
 
     spec = list(yaml.safe_load_all(COMMITTED.read_text()))[0]
     params = set(spec["root"]["inputDefinitions"]["parameters"])

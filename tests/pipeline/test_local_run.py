@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.pipeline import TASKS
 from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
@@ -80,7 +81,7 @@ def test_every_step_executes_and_outputs_are_published_to_obs(first_run, obs_ser
         assert Path(record["outputs"][name], "manifest.json").exists(), name
     assert Path(record["outputs"]["recognizer"], "model.pt").exists()
     with obs_server.env():
-        for step in ("pack", "train_detection", "train_recognition", "build_gallery", "evaluate"):
+        for step in TASKS:
             assert storage.is_complete(f"obs://facepipe-out/first/{step}"), step
     metrics = json.loads(Path(record["outputs"]["metrics"]).read_text())
     for key in ("verification.accuracy", "identification.rank1", "detection.ap50"):
@@ -103,7 +104,7 @@ def test_mlflow_parent_child_runs_and_registered_models(first_run, services_env)
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     by_step = {c.data.tags["facepipe.step"]: c for c in children}
-    assert {"pack", "train_detection", "train_recognition", "build_gallery", "evaluate"} <= set(by_step)
+    assert set(TASKS) <= set(by_step)
     recognition = by_step["train_recognition"]
     assert recognition.info.status == "FINISHED"
     assert recognition.data.params["backbone"] == "mobilefacenet"

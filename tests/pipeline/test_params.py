@@ -7,9 +7,8 @@ import pytest
 from facepipe.errors import ConfigError
 from facepipe.orchestration.local import PipelineSpec, rerun_plan
 from facepipe.orchestration.params import Arguments, decode_config, step_parameters
+from facepipe.steps import PIPELINE_STEPS as STEPS
 from tests.conftest import PROJECT_ROOT
-
-STEPS = ["synth", "pack", "train_detection", "train_recognition", "build_gallery", "evaluate"]
 
 
 def test_values_survive_the_trip_through_kfp_parameters(tmp_path):

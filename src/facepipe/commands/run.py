@@ -15,7 +15,7 @@ def add_common(parser) -> None:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--job", help="parameter set, e.g. jobs/demo.yaml (default: jobs/demo.yaml)")
+    parser.add_argument("--job", help="parameter set: a YAML file or a shipped name, e.g. tiny (default: demo)")
     parser.add_argument("--data", help="given data URI (path, file://, s3://, obs://) instead of synthetic data")
     parser.add_argument("--output", help="also publish every step's outputs under this URI")
     parser.add_argument("--retry", action="store_true", help="honour the spec's retry policy locally too")
@@ -31,7 +31,9 @@ def print_summary(record, root) -> None:
     if record.outputs:
         import json
 
-        order = ["data", "records", "detector", "recognizer", "gallery", "evaluation", "metrics", "report"]
+        from facepipe.steps import PIPELINE_STEPS, STEPS
+
+        order = [STEPS[s].output for s in PIPELINE_STEPS] + ["metrics", "report"]
         print("outputs:")
         for name in sorted(record.outputs, key=lambda n: order.index(n) if n in order else len(order)):
             print(f"  {name:12s} {record.outputs[name]}")

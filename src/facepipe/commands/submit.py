@@ -7,7 +7,7 @@ HELP = "submit pipeline.yaml to a Kubeflow Pipelines backend (kfp.Client) with a
 
 def add_arguments(parser) -> None:
     parser.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://HOST/pipeline")
-    parser.add_argument("--job", help="parameter set, e.g. jobs/demo.yaml (default: the spec's defaults)")
+    parser.add_argument("--job", help="parameter set: a YAML file or a shipped name, e.g. demo (default: the spec's defaults)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="STEP.KEY=VALUE",
                         help="override one parameter (repeatable)")
     parser.add_argument("--experiment", default="facepipe", help="KFP and MLflow experiment (default facepipe)")

@@ -6,13 +6,13 @@ HELP = "submit one step as a Huawei Cloud ModelArts training job (SWR image, OBS
 
 
 def add_arguments(parser) -> None:
-    from facepipe.orchestration.modelarts import STEP_JOBS
+    from facepipe.orchestration.modelarts import JOB_STEPS, input_names
 
-    parser.add_argument("step", choices=sorted(STEP_JOBS), help="the step to run")
-    parser.add_argument("--data", help="input data folder, obs://BUCKET/PATH")
-    parser.add_argument("--detector", help="detector model folder (with model.pt), obs://... (build_gallery, recognize)")
-    parser.add_argument("--recognizer", help="recognizer model folder, obs://... (build_gallery, recognize)")
-    parser.add_argument("--gallery", help="gallery folder, obs://... (recognize)")
+    parser.add_argument("step", choices=JOB_STEPS, help="the step to run")
+    # One option per step input (port), named as the job's OBS input.
+    for name in dict.fromkeys(n for step in JOB_STEPS for n in input_names(step)):
+        steps = [s for s in JOB_STEPS if name in input_names(s)]
+        parser.add_argument(f"--{name}", help=f"input folder, obs://BUCKET/PATH ({', '.join(steps)})")
     parser.add_argument("--output", required=True, help="output folder, obs://BUCKET/PATH")
     parser.add_argument("--flavor", help="ModelArts resource flavor ID (default: $MODELARTS_FLAVOR)")
     parser.add_argument("--nodes", type=int, default=1, help="node count (default 1)")

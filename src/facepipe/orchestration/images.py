@@ -14,16 +14,14 @@ import json
 import os
 from pathlib import Path
 
+from facepipe.config import project_file
 from facepipe.errors import ConfigError
+from facepipe.steps import DATA_IMAGE, TRAIN_IMAGE  # noqa: F401  (each step's image is in its record)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_LOCK = PROJECT_ROOT / "images" / "images.lock.json"
+DEFAULT_LOCK = project_file("images/images.lock.json")
 LOCK_ENV = "FACEPIPE_IMAGES_LOCK"
 UNPINNED_ENV = "FACEPIPE_ALLOW_UNPINNED_IMAGES"
 
-# numpy/opencv/kfp, no torch: synth and pack. With torch: training, gallery, evaluation, recognize.
-DATA_IMAGE = "facepipe-data"
-TRAIN_IMAGE = "facepipe-train"
 UNPINNED_TAG = "unpinned-dev"
 
 

@@ -31,13 +31,13 @@ from typing import Any, Iterable
 
 import yaml
 
+from facepipe.config import project_file
 from facepipe.errors import ConfigError, FacepipeError
 from facepipe.manifest import sha256_file
 from facepipe.orchestration.params import RUN_PARAMETERS, RUN_SECTION, Arguments
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_PIPELINE = PROJECT_ROOT / "pipeline.yaml"
-DEFAULT_JOB = PROJECT_ROOT / "jobs" / "demo.yaml"
+DEFAULT_PIPELINE = project_file("pipeline.yaml")
+DEFAULT_JOB = project_file("jobs/demo.yaml")
 RUNS_ENV = "FACEPIPE_RUNS_DIR"
 EXPERIMENT = "facepipe"
 RUN_RECORD = "run.json"
@@ -362,7 +362,7 @@ def _finish_parent(parent_id: str, record: RunRecord) -> None:
 
     logger = MlflowLogger(parent_id)
     logger.set_tags({**{f"facepipe.step.{k}": v for k, v in record.steps.items()},
-                     "facepipe.input_data_digest": _data_digest(record.outputs.get("data")),
+                     "facepipe.input_data_digest": _data_digest(record.outputs.get("images")),
                      "facepipe.status": record.status})
     metrics_path = record.outputs.get("metrics")
     if metrics_path and Path(metrics_path).is_file():

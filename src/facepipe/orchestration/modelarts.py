@@ -18,9 +18,9 @@ import re
 import shlex
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from facepipe.errors import ConfigError, StorageError
+from facepipe.steps import STEPS, Step
 
 INPUT_ROOT = "/home/ma-user/modelarts/inputs"
 OUTPUT_ROOT = "/home/ma-user/modelarts/outputs"
@@ -30,25 +30,28 @@ CREDENTIAL_ENV = ("HUAWEICLOUD_SDK_AK", "HUAWEICLOUD_SDK_SK", "HUAWEICLOUD_SDK_P
 PASS_THROUGH_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME")
 
 
-@dataclass(frozen=True)
-class StepJob:
-    """How one step runs as a job: its image, its OBS inputs, and its command line."""
-
-    image: str                  # key in the images lock
-    inputs: tuple[str, ...]     # names of OBS inputs (also the CLI option names)
-    command: str                # format string over {input dirs}, {out} and {sets}
+# Every step with a CLI command runs as a job: its OBS inputs are its ports, in port order.
+JOB_STEPS = [s.name for s in STEPS.values() if s.command]
 
 
-STEP_JOBS = {
-    "pack": StepJob("facepipe-data", ("data",), "facepipe pack {data} {out} {sets}"),
-    "train_detection": StepJob("facepipe-train", ("data",), "facepipe train-detection {data} {out} {sets}"),
-    "train_recognition": StepJob("facepipe-train", ("data",), "facepipe train-recognition {data} {out} {sets}"),
-    "build_gallery": StepJob("facepipe-train", ("data", "detector", "recognizer"),
-                             "facepipe build-gallery {data} {detector}/model.pt {recognizer}/model.pt {out} {sets}"),
-    "recognize": StepJob("facepipe-train", ("data", "gallery", "detector", "recognizer"),
-                         "facepipe recognize {data} {gallery} {detector}/model.pt {recognizer}/model.pt "
-                         "--out {out} {sets}"),
-}
+def input_names(step: str) -> list[str]:
+    """The OBS inputs (and `submit-modelarts` options): each port's argument without _dir/_path."""
+    return [p.arg.removesuffix("_dir").removesuffix("_path") for p in STEPS[step].inputs] if step in JOB_STEPS else []
+
+
+def job_command(step: Step, dirs: dict[str, str], out_dir: str, overrides: list[str]) -> str:
+    """`facepipe <command> <inputs in port order> <out> --set ...` on the job's local folders; a model
+    input is its OBS folder (as train-* publishes it) and the command gets the model.pt inside."""
+    import argparse
+
+    from facepipe.cli import load_command
+
+    models = {s.output for s in STEPS.values() if s.output_kind == "model"}
+    paths = [p.path_in(dirs[n]) if p.artifact in models else dirs[n] for p, n in zip(step.inputs, dirs)]
+    parser = argparse.ArgumentParser()
+    load_command(step.command).add_arguments(parser)
+    out = ["--out", out_dir] if "--out" in parser._option_string_actions else [out_dir]  # recognize's
+    return shlex.join(["facepipe", step.command, *paths, *out] + [w for o in overrides for w in ("--set", o)])
 
 
 def obs_url(uri: str, what: str) -> str:
@@ -85,12 +88,11 @@ def build_request(spec: TrainingJobSpec):
     from facepipe.config import load_config, to_dict
     from facepipe.orchestration.images import image_reference
     from facepipe.secrets import is_secret_key
-    from facepipe.steps import STEPS
 
-    if spec.step not in STEP_JOBS:
-        raise ConfigError(f"unknown step {spec.step!r} for ModelArts; steps: {sorted(STEP_JOBS)}")
-    step_job = STEP_JOBS[spec.step]
-    missing = [n for n in step_job.inputs if not spec.inputs.get(n)]
+    if spec.step not in JOB_STEPS:
+        raise ConfigError(f"unknown step {spec.step!r} for ModelArts; steps: {JOB_STEPS}")
+    step = STEPS[spec.step]
+    missing = [n for n in input_names(spec.step) if not spec.inputs.get(n)]
     if missing:
         raise ConfigError(f"step {spec.step} needs --{' --'.join(missing)} (OBS URIs)")
     if not spec.flavor:
@@ -98,25 +100,23 @@ def build_request(spec: TrainingJobSpec):
                           "e.g. the GPU flavor your project lists for training jobs")
     # Validate the config here (named key, allowed values), then carry what differs from defaults.
     sets = [s.split("=", 1)[0].split(".", 1)[-1] + "=" + s.split("=", 1)[1] if "=" in s else s for s in spec.sets]
-    cls = STEPS[spec.step].config_class()
+    cls = step.config_class()
     cfg = to_dict(load_config(cls, spec.job, sets, section=spec.step))
     defaults = to_dict(cls())
     overrides = [f"{k}={_cli_value(v)}" for k, v in cfg.items() if v != defaults.get(k)]
     for item in overrides:
         if is_secret_key(item.split("=", 1)[0]):
             raise ConfigError(f"--set {item.split('=', 1)[0]}: looks like a credential; it would be visible in the job")
-    dirs = {name: f"{INPUT_ROOT}/{name}_0" for name in step_job.inputs}
+    dirs = {name: f"{INPUT_ROOT}/{name}_0" for name in input_names(spec.step)}
     out_dir = f"{OUTPUT_ROOT}/output_0"
-    command = step_job.command.format(
-        **{k: shlex.quote(v) for k, v in dirs.items()}, out=shlex.quote(out_dir),
-        sets=" ".join(f"--set {shlex.quote(o)}" for o in overrides)).strip()
+    command = job_command(step, dirs, out_dir, overrides)
     env = {k: os.environ[k] for k in PASS_THROUGH_ENV if os.environ.get(k)}
     algorithm = ma.JobAlgorithm(
         command=command,
-        engine=ma.JobEngine(image_url=image_reference(step_job.image, spec.lock)),
+        engine=ma.JobEngine(image_url=image_reference(step.image, spec.lock)),
         inputs=[ma.Input(name=name, local_dir=dirs[name],
                          remote=ma.InputDataInfo(obs=ma.InputDataInfoObs(obs_url=obs_url(spec.inputs[name], name))))
-                for name in step_job.inputs],
+                for name in dirs],
         outputs=[ma.Output(name="output", local_dir=out_dir,
                            remote=ma.Remote(obs=ma.RemoteObs(obs_url=obs_url(spec.output, "output"))))],
         environments=env or None,
@@ -173,6 +173,3 @@ def without_nulls(value):
         return [without_nulls(v) for v in value]
     return value
 
-
-def input_names(step: str) -> Iterable[str]:
-    return STEP_JOBS[step].inputs if step in STEP_JOBS else ()
