@@ -127,7 +127,7 @@ def train(out: Path, lfw: Path, minutes: float, sets: dict, synth_scenes: int, c
         (out / "train_plan.json").write_text(json.dumps({"epochs": epochs, "probe_images_per_s": rate}))
     epochs = json.loads((out / "train_plan.json").read_text())["epochs"]
     cfg = from_dict(DetectionTrainConfig, values | {"epochs": epochs,
-                                                     "max_minutes": max(1.0, minutes - (time.monotonic() - t0) / 60 - 2)})
+                                                     "time_budget_min": max(1.0, minutes - (time.monotonic() - t0) / 60 - 2)})
     metrics = train_detection(cfg, data, run_dir)
     shutil.copy(run_dir / "model.pt", out / "model.pt")
     print(json.dumps({k: v for k, v in metrics.items() if not k.startswith("val.faces")}, indent=1), flush=True)

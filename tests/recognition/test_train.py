@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from facepipe.errors import ConfigError, DataError, FacepipeError
-from facepipe.recognition.train import latest_checkpoint, train_recognition
+from facepipe.recognition.train import train_recognition
+from facepipe.training.checkpoint import latest_checkpoint
 from facepipe.run_logger import MemoryLogger
 from tests.recognition.conftest import TINY
 
