@@ -105,5 +105,5 @@ def test_torchrun_ddp_two_processes(scenes, tmp_path, project_root):
     train_images = len([line for line in (scenes / "train" / "label.txt").read_text().splitlines()
                         if line.startswith("#")])
     # Each step takes 4 images on each of the 2 processes.
-    assert metrics["train.world_size"] == 2 and metrics["train.steps"] == train_images // 8
+    assert metrics["world_size"] == 2 and metrics["train.steps"] == train_images // 8
     assert "model.pt" in read_manifest(out, verify=True)["files"]

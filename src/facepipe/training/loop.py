@@ -39,8 +39,7 @@ def train_steps(state: TrainState, loader, forward: Callable, optimizer, schedul
     tick = time.perf_counter()
     for batch in loader:
         loss, metrics, samples = forward(batch)
-        lr = scheduler.get_last_lr()[0]
-        checkpoints.check_finite(loss, state.step + 1, f"lower lr (now {lr:.4g}){hint}")
+        checkpoints.check_finite(loss, state.step + 1, f"lower lr (now {scheduler.get_last_lr()[0]:.4g}){hint}")
         optimizer.zero_grad(set_to_none=True)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         if scaler is not None:
@@ -58,7 +57,7 @@ def train_steps(state: TrainState, loader, forward: Callable, optimizer, schedul
         state.step += 1
         state.batch_in_epoch += 1
         now = time.perf_counter()
-        metrics = {"loss": float(loss.detach()), "lr": lr, **metrics,
+        metrics = {"loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0], **metrics,
                    "samples_per_s": samples * checkpoints.ctx.world / max(now - tick, 1e-9)}
         tick = now
         if not on_step(state, metrics):
