@@ -13,6 +13,7 @@ import torch
 from facepipe.errors import ConfigError, FacepipeError
 from facepipe.training.checkpoint import Checkpoints, NonFiniteLoss, latest_checkpoint
 from facepipe.training.context import distributed
+from facepipe.training.loop import TrainState
 from facepipe.training.schedule import lr_factor
 
 
@@ -40,9 +41,11 @@ def _ctx(world: int = 1):
 
 def test_checkpoints_are_rank_folders_marked_complete_and_the_last_two_kept(tmp_path):
     ckpts = Checkpoints(tmp_path, _ctx(), {"lr": 0.1, "workers": 2}, ("workers",))
-    assert latest_checkpoint(tmp_path) is None and ckpts.resume() is None
+    layer = torch.nn.Linear(2, 1)
+    assert latest_checkpoint(tmp_path) is None and ckpts.resume({"layer": layer}) is None
     for step in (3, 6, 9):
-        ckpts.save({"state": {"step": step}, "w": torch.full((2,), float(step))}, step)
+        torch.nn.init.constant_(layer.weight, float(step))
+        ckpts.save({"layer": layer}, TrainState(step=step, history=[{"step": step}]))
     folders = sorted((tmp_path / "checkpoints").iterdir())
     assert [p.name for p in folders] == ["step-000000006", "step-000000009"]
     assert json.loads((folders[-1] / "COMPLETE").read_text()) == {"step": 9, "world_size": 1}
@@ -51,17 +54,18 @@ def test_checkpoints_are_rank_folders_marked_complete_and_the_last_two_kept(tmp_
     (tmp_path / "checkpoints" / "step-000000012").mkdir()
     assert latest_checkpoint(tmp_path) == folders[-1]
     # a free key may change; the resume gets this rank's shard and where it stands
-    again = Checkpoints(tmp_path, _ctx(), {"lr": 0.1, "workers": 8}, ("workers",))
-    ckpt = again.resume()
-    assert torch.equal(ckpt["w"], torch.full((2,), 9.0)) and again.saved_step == 9
+    again, fresh = Checkpoints(tmp_path, _ctx(), {"lr": 0.1, "workers": 8}, ("workers",)), torch.nn.Linear(2, 1)
+    ckpt = again.resume({"layer": fresh})
+    assert torch.equal(fresh.weight, torch.full((1, 2), 9.0)) and again.saved_step == 9
+    assert TrainState.from_dict(ckpt["state"]) == TrainState(step=9, history=[{"step": 9}])
 
 
 def test_resume_is_refused_naming_the_changed_key_or_the_process_count(tmp_path):
-    Checkpoints(tmp_path, _ctx(), {"lr": 0.1, "seed": 0}, ()).save({"state": {"step": 1}}, 1)
+    Checkpoints(tmp_path, _ctx(), {"lr": 0.1, "seed": 0}, ()).save({}, TrainState(step=1))
     with pytest.raises(ConfigError, match=r"lr: 0\.1 -> 0\.2.*keys that differ: \['lr'\]"):
-        Checkpoints(tmp_path, _ctx(), {"lr": 0.2, "seed": 0}, ()).resume()
+        Checkpoints(tmp_path, _ctx(), {"lr": 0.2, "seed": 0}, ()).resume({})
     with pytest.raises(ConfigError, match="written by 1 processes, resuming with 2"):
-        Checkpoints(tmp_path, _ctx(world=2), {"lr": 0.1, "seed": 0}, ()).resume()
+        Checkpoints(tmp_path, _ctx(world=2), {"lr": 0.1, "seed": 0}, ()).resume({})
 
 
 def test_a_non_finite_loss_raises_naming_the_step_and_the_last_good_checkpoint(tmp_path):
@@ -69,7 +73,7 @@ def test_a_non_finite_loss_raises_naming_the_step_and_the_last_good_checkpoint(t
     ckpts.check_finite(torch.tensor(1.5), 1, "lower lr")
     with pytest.raises(NonFiniteLoss, match="at step 3; lower lr; .*no checkpoint was written"):
         ckpts.check_finite(torch.tensor(math.nan), 3, "lower lr")
-    ckpts.save({"state": {"step": 4}}, 4)
+    ckpts.save({}, TrainState(step=4))
     with pytest.raises(FacepipeError, match=r"loss became inf at step 5.*last good checkpoint is .*step-000000004"):
         ckpts.check_finite(torch.tensor(math.inf), 5, "lower lr")
 

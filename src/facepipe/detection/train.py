@@ -108,11 +108,8 @@ def _train(cfg: DetectionTrainConfig, data_dir: Path, out_dir: Path, logger, ctx
     scaler = grad_scaler(device, cfg.amp)
     checkpoints, state = Checkpoints(out_dir, ctx, to_dict(cfg), RESUME_FREE_KEYS), TrainState()
     stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, **({"scaler": scaler} if scaler else {})}
-    ckpt = checkpoints.resume()
-    if ckpt is not None:
-        for name, obj in stateful.items():
-            obj.load_state_dict(ckpt[name])
-        state = TrainState.from_dict(ckpt["state"])
+    ckpt = checkpoints.resume(stateful)
+    state = TrainState.from_dict(ckpt["state"]) if ckpt else state
     first_step = state.step
     train_model = DistributedDataParallel(model, device_ids=[ctx.local_rank] if device.type == "cuda" else None) \
         if world > 1 else model
@@ -127,10 +124,6 @@ def _train(cfg: DetectionTrainConfig, data_dir: Path, out_dir: Path, logger, ctx
         out_dir.mkdir(parents=True, exist_ok=True)
         logger.set_tags({"step": "train_detection", "resumed_from_step": str(state.step)})
 
-    def save():
-        checkpoints.save({name: obj.state_dict() for name, obj in stateful.items()} | {"state": state.as_dict()},
-                         state.step)
-
     def forward(batch):
         images, targets = batch
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
@@ -139,7 +132,8 @@ def _train(cfg: DetectionTrainConfig, data_dir: Path, out_dir: Path, logger, ctx
         losses = criterion(predictions, priors, [t.to(device) for t in targets])
         return losses.pop("loss"), {k: float(v.detach()) for k, v in losses.items()}, images.shape[0]
 
-    log = StepLog(cfg, ctx, logger, "train-detection", state, total_steps, spe, budget, save)
+    log = StepLog(cfg, ctx, logger, "train-detection", state, total_steps, spe, budget,
+                  lambda: checkpoints.save(stateful, state))
     budget.start = time.perf_counter()  # the budget is for training, not for loading
     train_model.train()
     if state.step < total_steps:
@@ -149,7 +143,7 @@ def _train(cfg: DetectionTrainConfig, data_dir: Path, out_dir: Path, logger, ctx
         finally:
             log.progress.close()
     if checkpoints.saved_step != state.step:
-        save()
+        checkpoints.save(stateful, state)
     elapsed = time.perf_counter() - budget.start
     history = state.history
     metrics = {"train.steps": state.step, "total_steps": total_steps, "train.finished": state.step >= total_steps,

@@ -11,7 +11,6 @@ plots, manifest.json (last).
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -171,23 +170,12 @@ def _train(cfg, data_dir: Path, out_dir: Path, logger: RunLogger, ctx) -> dict:
 
     checkpoints, state = Checkpoints(out_dir, ctx, to_dict(cfg), RESUME_FREE_KEYS), TrainState()
     stateful = {**modules, "optimizer": optimizer, "scheduler": scheduler, **({"scaler": scaler} if scaler else {})}
-    ckpt = checkpoints.resume()
-    if ckpt is not None:
-        for name, obj in stateful.items():
-            obj.load_state_dict(ckpt[name])
-        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
-        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu())
-        state = TrainState.from_dict(ckpt["state"])
+    ckpt = checkpoints.resume(stateful)
+    state = TrainState.from_dict(ckpt["state"]) if ckpt else state
     if ctx.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "manifest.json").unlink(missing_ok=True)  # incomplete until this run finishes
     targets = _verification_targets(cfg, data_dir) if ctx.main else {}
-
-    def save():
-        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}
-        checkpoints.save({name: obj.state_dict() for name, obj in stateful.items()}
-                         | {"state": state.as_dict(), "rng": rng}, state.step)
 
     def forward(batch):
         faces, labels = batch
@@ -209,7 +197,8 @@ def _train(cfg, data_dir: Path, out_dir: Path, logger: RunLogger, ctx) -> dict:
             eval_metrics.update(evaluate(backbone, targets, device))  # fp32, as Recognizer users will see
             logger.log_metrics(eval_metrics, step=state.step)
 
-    log = StepLog(cfg, ctx, logger, "train-recognition", state, total_steps, steps_per_epoch, budget, save)
+    log = StepLog(cfg, ctx, logger, "train-recognition", state, total_steps, steps_per_epoch, budget,
+                  lambda: checkpoints.save(stateful, state))
 
     def on_step(st, metrics) -> bool:
         go = log(st, metrics)
@@ -218,8 +207,7 @@ def _train(cfg, data_dir: Path, out_dir: Path, logger: RunLogger, ctx) -> dict:
         return go
 
     budget.start = time.perf_counter()  # the budget is for training, not for loading
-    model.train()
-    for m in modules.values():
+    for m in (model, *modules.values()):
         m.train()
     try:
         while state.step < total_steps and not budget.spent:
@@ -235,7 +223,7 @@ def _train(cfg, data_dir: Path, out_dir: Path, logger: RunLogger, ctx) -> dict:
     finally:
         log.progress.close()
     if checkpoints.saved_step != state.step:
-        save()
+        checkpoints.save(stateful, state)
     if not ctx.main:
         return {}
     if targets and not eval_metrics:
@@ -243,11 +231,8 @@ def _train(cfg, data_dir: Path, out_dir: Path, logger: RunLogger, ctx) -> dict:
     last = state.history[-1] if state.history else {}
     metrics = {"steps": state.step, "epochs": state.epoch, "num_classes": records.num_classes,
                "num_images": len(records), "world_size": world, "steps_per_epoch": steps_per_epoch,
-               "total_steps": total_steps, "train.loss": last.get("loss", float("nan")),
+               "total_steps": total_steps, **{f"train.{k}": last[k] for k in ("loss", "accuracy") if k in last},
                "train.samples_per_s": float(np.median(log.rates)) if log.rates else 0.0,
                "train.seconds": time.perf_counter() - budget.start, **eval_metrics}
-    if "accuracy" in last:
-        metrics["train.accuracy"] = last["accuracy"]
-    metrics = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
     return _write_outputs(cfg, out_dir, backbone, {"num_classes": records.num_classes}, state, metrics, targets,
                           device, logger)

@@ -37,11 +37,16 @@ class Checkpoints:
         self.out_dir, self.ctx, self.config, self.free_keys = Path(out_dir), ctx, config, free_keys
         self.saved_step = -1
 
-    def save(self, payload: dict, step: int) -> Path:
+    def save(self, stateful: dict, state) -> Path:
+        """Writes every object's state_dict, the TrainState and the RNG; all ranks call it together."""
+        step = state.step
         folder = self.out_dir / CHECKPOINTS / f"step-{step:09d}"
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f"rank{self.ctx.rank}.pt.tmp"
-        torch.save({"config": self.config, **payload}, tmp)
+        cuda = self.ctx.device.type == "cuda"
+        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if cuda else None}
+        torch.save({"config": self.config, "state": state.as_dict(), "rng": rng,
+                    **{name: obj.state_dict() for name, obj in stateful.items()}}, tmp)
         os.replace(tmp, folder / f"rank{self.ctx.rank}.pt")
         self.ctx.barrier()
         if self.ctx.main:
@@ -52,9 +57,9 @@ class Checkpoints:
         self.saved_step = step
         return folder
 
-    def resume(self) -> dict | None:
-        """This rank's shard of the latest complete checkpoint, or None for a fresh run; refuses a
-        checkpoint written by another number of processes or under a different config."""
+    def resume(self, stateful: dict) -> dict | None:
+        """Loads this rank's shard of the latest complete checkpoint into `stateful` and returns the
+        shard (None for a fresh run); refuses one written by another number of processes or config."""
         folder = latest_checkpoint(self.out_dir)
         if folder is None:
             return None
@@ -72,6 +77,11 @@ class Checkpoints:
             detail = ", ".join(f"{k}: {saved.get(k)!r} -> {self.config.get(k)!r}" for k in changed)
             raise ConfigError(f"{self.out_dir} holds a run with a different config ({detail}); keys that differ: "
                               f"{changed}. Use the same settings to resume, or a new MODEL_OUTPUT_PATH to start over")
+        for name, obj in stateful.items():
+            obj.load_state_dict(ckpt[name])
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())  # dropout, Partial FC sampling continue as if uninterrupted
+        if ckpt["rng"]["cuda"] is not None and self.ctx.device.type == "cuda":
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu())
         self.saved_step = ckpt["state"]["step"]
         print(f"resuming from {folder} (step {self.saved_step})", flush=True)
         return ckpt

@@ -3,6 +3,7 @@ LR steps; then `StepLog`: metrics to the RunLogger, progress, checkpoint cadence
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -23,11 +24,11 @@ class TrainState:
     history: list = field(default_factory=list)  # one dict of mean metrics per log line
 
     def as_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step, "history": self.history}
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainState":
-        return cls(d["epoch"], d["batch_in_epoch"], d["step"], list(d["history"]))
+        return cls(**d)
 
 
 def train_steps(state: TrainState, loader, forward: Callable, optimizer, scheduler, scaler, params: list,
@@ -66,9 +67,9 @@ def train_steps(state: TrainState, loader, forward: Callable, optimizer, schedul
 
 
 class StepLog:
-    """After every step: every `log_every` steps the mean metrics since the last line go to the
-    logger (`train.*`, rank 0) and `state.history`; progress; a checkpoint through `save()` every
-    `checkpoint_every` steps and at each epoch end. Calling it returns False once `total_steps` or the time budget is reached."""
+    """After every step: each `log_every` steps the mean metrics since the last line go to the logger
+    (`train.*`, rank 0) and `state.history`; progress; `save()` every `checkpoint_every` steps and
+    at each epoch end. Returns False once `total_steps` or the time budget is reached."""
 
     def __init__(self, cfg, ctx, logger, desc: str, state: TrainState, total_steps: int, steps_per_epoch: int,
                  budget, save: Callable[[], object]):
