@@ -108,6 +108,7 @@ def train(out: Path, lfw: Path, minutes: float, sets: dict, synth_scenes: int, c
     from facepipe.detection.config import DetectionTrainConfig
     from facepipe.detection.data import load_samples
     from facepipe.detection.train import train_detection
+    from facepipe.training.checkpoint import latest_checkpoint
 
     t0 = time.monotonic()
     data = build_training_data(out, lfw, synth_scenes, composites)
@@ -115,7 +116,7 @@ def train(out: Path, lfw: Path, minutes: float, sets: dict, synth_scenes: int, c
     print(f"training data: {n_train} images ({time.monotonic() - t0:.0f}s to build)", flush=True)
     values = TRAIN_DEFAULTS | sets
     run_dir = out / "train"
-    if not (run_dir / "checkpoints" / "last.pt").exists():
+    if latest_checkpoint(run_dir) is None:
         probe_dir = Path(tempfile.mkdtemp(prefix="detect-probe-"))
         probe = from_dict(DetectionTrainConfig, values | {"epochs": 1, "max_steps": 8, "export_onnx": False,
                                                            "checkpoint_every": 0, "eval_max_images": 1})
@@ -127,7 +128,7 @@ def train(out: Path, lfw: Path, minutes: float, sets: dict, synth_scenes: int, c
         (out / "train_plan.json").write_text(json.dumps({"epochs": epochs, "probe_images_per_s": rate}))
     epochs = json.loads((out / "train_plan.json").read_text())["epochs"]
     cfg = from_dict(DetectionTrainConfig, values | {"epochs": epochs,
-                                                     "max_minutes": max(1.0, minutes - (time.monotonic() - t0) / 60 - 2)})
+                                                     "time_budget_min": max(1.0, minutes - (time.monotonic() - t0) / 60 - 2)})
     metrics = train_detection(cfg, data, run_dir)
     shutil.copy(run_dir / "model.pt", out / "model.pt")
     print(json.dumps({k: v for k, v in metrics.items() if not k.startswith("val.faces")}, indent=1), flush=True)

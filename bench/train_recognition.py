@@ -67,7 +67,7 @@ def phase_bare(args) -> dict:
 
     from facepipe.data.insightface import FaceRecordSet
     from facepipe.recognition.backbones import build_backbone
-    from facepipe.recognition.engine import autocast_for
+    from facepipe.training.context import autocast
     from facepipe.recognition.losses import MarginHead
 
     cfg = _config(args)
@@ -82,7 +82,7 @@ def phase_bare(args) -> dict:
     rates, cpu = [], []
     for _ in range(args.steps):
         t, c = time.perf_counter(), time.process_time()
-        with autocast_for(torch.device("cpu"), cfg.amp):
+        with autocast(torch.device("cpu"), cfg.amp):
             emb = model(x)
         loss, _ = head(emb.float(), y)
         opt.zero_grad(set_to_none=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -20,6 +21,7 @@ from facepipe.detection.train import train_detection
 from facepipe.errors import ConfigError
 from facepipe.manifest import read_manifest
 from facepipe.run_logger import MemoryLogger
+from facepipe.training.checkpoint import latest_checkpoint
 
 from .conftest import TINY
 
@@ -55,8 +57,14 @@ def test_loss_falls_and_ap_rises(trained, scenes):
     # What a user gets in OUT, the manifest written last and covering it all.
     names = set(read_manifest(out, verify=True)["files"])
     assert {"model.pt", "model.onnx", "metrics.json", "loss_curve.png", "pr_curve.png"} <= names
-    assert json.loads((out / "metrics.json").read_text())["train.finished"] is True
-    assert logger.params["backbone"] == "mobilenet0.25"
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["train.finished"] is True and written["steps_per_epoch"] * cfg.epochs == written["total_steps"]
+    assert written["num_images"] == len(load_samples(scenes / "train" / "label.txt"))
+    assert not logger.params  # the runtime logs the config, the step does not
+    # One checkpoint per epoch end, the last two kept, each marked complete.
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == [
+        f"step-{s:09d}" for s in (written["total_steps"] - written["steps_per_epoch"], written["total_steps"])]
+    assert all((p / "COMPLETE").exists() and (p / "rank0.pt").exists() for p in (out / "checkpoints").iterdir())
 
 
 def test_detector_output_layout(trained, scenes):
@@ -98,21 +106,27 @@ def test_onnx_export_agrees_with_pytorch(trained):
 
 
 def test_resume_gives_identical_weights(scenes, tmp_path):
+    cfg = from_dict(DetectionTrainConfig, TINY | {"max_steps": 6, "checkpoint_every": 3})
     straight = tmp_path / "straight"
-    train_detection(from_dict(DetectionTrainConfig, TINY | {"max_steps": 5}), scenes, straight)
+    train_detection(cfg, scenes, straight)
+    # An interrupted run: the same run with its last checkpoint and outputs gone resumes from step 3.
     resumed = tmp_path / "resumed"
-    first = train_detection(from_dict(DetectionTrainConfig, TINY | {"max_steps": 2, "checkpoint_every": 1}),
-                            scenes, resumed)
-    assert first["train.steps"] == 2 and first["train.finished"] is False
-    second = train_detection(from_dict(DetectionTrainConfig, TINY | {"max_steps": 5}), scenes, resumed)
-    assert second["train.steps"] == 5
+    first = train_detection(cfg, scenes, resumed)
+    assert first["train.steps"] == 6 and first["train.finished"] is True
+    assert latest_checkpoint(resumed).name == "step-000000006"
+    shutil.rmtree(latest_checkpoint(resumed))
+    (resumed / "model.pt").unlink()
+    assert latest_checkpoint(resumed).name == "step-000000003"
+    second = train_detection(cfg, scenes, resumed)
+    assert second["train.steps"] == 6
     a = torch.load(straight / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(resumed / "model.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     # A resume with a changed training setting is refused, naming the key.
-    with pytest.raises(ConfigError, match="lr"):
-        train_detection(from_dict(DetectionTrainConfig, TINY | {"max_steps": 6, "lr": 0.5}), scenes, resumed)
+    with pytest.raises(ConfigError, match=r"lr: 0\.01 -> 0\.5.*keys that differ: \['lr'\]"):
+        train_detection(from_dict(DetectionTrainConfig, TINY | {"max_steps": 6, "checkpoint_every": 3, "lr": 0.5}),
+                        scenes, resumed)
 
 
 def test_amp_trains_and_saves_float32_weights(scenes, tmp_path):

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_killed_training_resumes_from_its_checkpoint(tmp_path):
-    from facepipe.recognition.train import latest_checkpoint
+    from facepipe.training.checkpoint import latest_checkpoint
 
     runs = tmp_path / "runs"
     cmd = [sys.executable, "-m", "facepipe.cli", "run", "--job", str(PROJECT_ROOT / "jobs" / "tiny.yaml"),

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from facepipe.errors import ConfigError, DataError, FacepipeError
-from facepipe.recognition.train import latest_checkpoint, train_recognition
+from facepipe.recognition.train import train_recognition
+from facepipe.training.checkpoint import latest_checkpoint
 from facepipe.run_logger import MemoryLogger
 from tests.recognition.conftest import TINY
 
@@ -32,7 +33,8 @@ def _sets(values: dict) -> list[str]:
 
 
 def _env(threads: int = 1):
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    root = Path(__file__).resolve().parents[2]  # this checkout's code, not an installed copy's
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": f"{root / 'src'}{os.pathsep}{root}"}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def test_training_is_logged_to_mlflow_when_a_tracking_uri_is_set(trained):
     client = MlflowClient(trained.tracking)
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                 "attributes.run_name = 'tiny'")
-    assert run.data.params["backbone"] == "iresnet18" and run.data.params["num_classes"] == "16"
+    assert "num_classes" not in run.data.params  # derived numbers go to metrics.json, not params
     losses = client.get_metric_history(run.info.run_id, "train.loss")
     assert [m.step for m in losses] == list(range(1, 21))
     for key in ("train.lr", "train.samples_per_s", "faces_pairs.accuracy", "faces_pairs.auc"):
@@ -73,7 +75,8 @@ def test_training_writes_model_metrics_plots_and_manifest_last(trained):
     assert max(p.stat().st_mtime for p in out.rglob("*") if p.is_file()) <= (out / "manifest.json").stat().st_mtime
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == printed
-    assert metrics["steps"] == 2 * (160 // 16) and metrics["epochs"] == 2
+    assert metrics["steps"] == metrics["total_steps"] == 2 * metrics["steps_per_epoch"] == 2 * (160 // 16)
+    assert metrics["epochs"] == 2 and metrics["num_classes"] == 16 and metrics["num_images"] == 160
     for key in ("accuracy", "accuracy_std", "auc", "tar_at_far_1e-2", "tar_at_far_1e-3"):
         assert 0.0 <= metrics[f"faces_pairs.{key}"] <= 1.0
     blob = torch.load(out / "model.pt", weights_only=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 HELP = "train a RetinaFace face detector (MobileNet-0.25 or ResNet-50) with 5 landmarks"
 
 _FLAGS = {"backbone": "backbone", "epochs": "epochs", "batch_size": "batch_size", "image_size": "image_size",
-          "lr": "lr", "workers": "workers", "max_minutes": "max_minutes"}
+          "lr": "lr", "workers": "workers", "time_budget_min": "time_budget_min"}
 
 
 def add_arguments(parser) -> None:
@@ -23,7 +23,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--image-size", type=int, dest="image_size")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--workers", type=int)
-    parser.add_argument("--max-minutes", type=float, dest="max_minutes", help="stop (resumably) after this time")
+    parser.add_argument("--time-budget-min", type=float, dest="time_budget_min",
+                        help="stop after this many minutes, the LR schedule stretched to fit")
     parser.add_argument("--config", help="job YAML file (its 'train_detection' section, or the whole file)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (repeatable), e.g. --set schedule=cosine")

@@ -6,11 +6,10 @@ from dataclasses import dataclass
 
 from facepipe.config import bounded, choice, listfield
 from facepipe.errors import ConfigError
+from facepipe.training.schedule import SCHEDULES, check_schedule
 
-# Keys that may change between a run and its resume without changing the result of the steps
-# already taken (how long to run, how many loader workers, how often to save).
-RESUME_MUTABLE_KEYS = ("max_steps", "max_minutes", "workers", "checkpoint_every", "log_every",
-                       "export_onnx", "eval_max_images")
+# Keys that may change between a run and its resume (they do not change what is learned).
+RESUME_FREE_KEYS = ("workers", "checkpoint_every", "log_every", "export_onnx", "eval_max_images", "device")
 
 
 @dataclass
@@ -34,18 +33,21 @@ class DetectionTrainConfig:
     momentum: float = bounded(0.9, low=0.0, high=1.0)
     weight_decay: float = bounded(5e-4, low=0.0)
     warmup_epochs: float = bounded(1.0, low=0.0, help="linear LR warmup length (epochs, may be fractional)")
-    schedule: str = choice("step", ["step", "cosine"])
+    schedule: str = choice("step", SCHEDULES)
     lr_steps: list[float] = listfield([0.76, 0.88], help="step schedule: fractions of training where LR x gamma")
     gamma: float = bounded(0.1, low=0.0, high=1.0)
     epochs: int = bounded(250, low=1)
     batch_size: int = bounded(32, low=1, help="images per step per process")
-    max_steps: int = bounded(0, low=0, help="stop after this many steps (0 = run all epochs); resumable")
-    max_minutes: float = bounded(0.0, low=0.0, help="stop after this wall time (0 = no limit); resumable")
+    max_steps: int = bounded(0, low=0, help="stop after this many steps, the LR schedule fitted to them (0: all epochs)")
+    time_budget_min: float = bounded(0.0, low=0.0,
+                                     help="stop after this many minutes of training, the LR schedule "
+                                          "stretched to fit (0: off); such a run is not exactly resumable")
     amp: bool = False
+    clip_grad: float = bounded(0.0, low=0.0, help="max gradient norm (0: off)")
     channels_last: bool = True
     deterministic: bool = True
     seed: int = 0
-    checkpoint_every: int = bounded(500, low=0, help="save a resumable checkpoint every N steps (0 = only at the end)")
+    checkpoint_every: int = bounded(500, low=0, help="steps between checkpoints, besides epoch ends (0: off)")
     log_every: int = bounded(10, low=1)
     workers: int = bounded(0, low=0, high=64, help="data loader processes")
     crop_scales: list[float] = listfield([0.3, 0.45, 0.6, 0.8, 1.0],
@@ -57,6 +59,7 @@ class DetectionTrainConfig:
     eval_nms_threshold: float = bounded(0.4, low=0.0, high=1.0)
     eval_max_images: int = bounded(500, low=0, help="validation images scored after training (0 = all)")
     export_onnx: bool = True
+    device: str = choice("auto", ["auto", "cpu", "cuda"])
 
     def validate(self) -> None:
         if len(self.min_sizes) != len(self.steps):
@@ -72,8 +75,7 @@ class DetectionTrainConfig:
             raise ConfigError(f"DetectionTrainConfig.variances: {self.variances}; expected two positive numbers")
         if not self.crop_scales or not all(0 < s <= 1 for s in self.crop_scales):
             raise ConfigError(f"DetectionTrainConfig.crop_scales: {self.crop_scales}; expected values in (0, 1]")
-        if self.schedule == "step" and not all(0 < s < 1 for s in self.lr_steps):
-            raise ConfigError(f"DetectionTrainConfig.lr_steps: {self.lr_steps}; expected fractions in (0, 1)")
+        check_schedule(self)
         if self.image_size % max(self.steps) != 0:
             raise ConfigError(f"DetectionTrainConfig.image_size: {self.image_size} is not a multiple of the "
                               f"largest stride {max(self.steps)}")

@@ -14,6 +14,7 @@ from typing import Optional
 
 from facepipe.config import bounded, choice, listfield
 from facepipe.errors import ConfigError
+from facepipe.training.schedule import SCHEDULES, check_schedule
 
 BACKBONES = ["iresnet18", "iresnet34", "iresnet50", "iresnet100", "mobilefacenet"]
 MARGIN_LOSSES = ["softmax", "normface", "sphereface", "cosface", "arcface", "combined"]
@@ -62,7 +63,9 @@ class RecognitionTrainConfig:
     momentum: float = bounded(0.9, low=0.0, high=1.0, high_inclusive=False)
     weight_decay: float = bounded(5e-4, low=0.0, high=1.0)
     warmup_epochs: float = bounded(0.0, low=0.0)
-    schedule: str = choice("poly", ["poly", "cosine", "constant"])
+    schedule: str = choice("poly", SCHEDULES)
+    lr_steps: list[float] = listfield([0.76, 0.88], help="step schedule: fractions of training where LR x gamma")
+    gamma: float = bounded(0.1, low=0.0, high=1.0)
     epochs: int = bounded(20, low=1, high=100000)
     max_steps: int = bounded(0, low=0, help="stop after this many steps (0: run all epochs)")
     time_budget_min: float = bounded(0.0, low=0.0,
@@ -81,7 +84,7 @@ class RecognitionTrainConfig:
                                       "when evaluating without a detector (LFW 250x250: about 0.5)")
     workers: int = bounded(2, low=0, high=64)
     # bookkeeping
-    checkpoint_every: int = bounded(500, low=0, help="steps between checkpoints (0: at epoch ends only)")
+    checkpoint_every: int = bounded(500, low=0, help="steps between checkpoints, besides epoch ends (0: off)")
     eval_every: int = bounded(0, low=0, help="steps between verification runs (0: at epoch ends)")
     log_every: int = bounded(10, low=1)
     val_targets: list[str] = listfield([], help=".bin or pairs.txt files (relative to DATA_PATH); "
@@ -102,6 +105,7 @@ class RecognitionTrainConfig:
         return values["m1"], values["m2"], values["m3"]
 
     def validate(self) -> None:
+        check_schedule(self)
         used = MARGIN_DEFAULTS.get(self.loss, {})
         for key in ("m1", "m2", "m3"):
             if getattr(self, key) is not None and key not in used:
