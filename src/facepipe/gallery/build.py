@@ -255,7 +255,6 @@ def build_gallery(cfg: GalleryConfig, data_dir, detector_path, recognizer_path, 
         shutil.rmtree(tmp)
     gallery.save(tmp, extra_report=report)
     replace_folder(tmp, out)
-    logger.log_params({f"gallery.{k}": v for k, v in to_dict(cfg).items()})
     metrics = {"gallery.identities": report["identities"], "gallery.images": report["images"],
                "gallery.enrolled_images": report["enrolled_images"],
                "gallery.no_face": len(report["no_face"]), "gallery.several_faces": len(report["several_faces"])}
