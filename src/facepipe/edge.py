@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from facepipe import storage
 from facepipe.errors import ConfigError
-from facepipe.steps import STEPS, Port, Step
+from facepipe.steps import STEPS, Step
 
 LEFT_OUT = ("", "none", "-")  # how the CLI and the pipeline say "no detector"
 
@@ -35,24 +35,20 @@ def fetch(stack: contextlib.ExitStack, uri: str, model_file: str = "", quiet: bo
     return str(stack.enter_context(storage.localize(uri, quiet=quiet)))
 
 
-def _file_layout(port: Port) -> str:
-    return port.layout if PurePosixPath(port.layout).suffix else ""
-
-
 @contextlib.contextmanager
 def local_inputs(step: Step, inputs: Mapping[str, Any], quiet: bool = False):
     """Yield {port arg: local path or None} for the step's inputs; downloads are removed on exit."""
     unknown = sorted(set(inputs) - {p.arg for p in step.inputs})
     if unknown:
-        raise ConfigError(f"step {step.name}: unknown inputs {unknown}; its inputs are "
-                          f"{[p.arg for p in step.inputs]}")
+        raise ConfigError(f"step {step.name}: unknown inputs {unknown}; expected {[p.arg for p in step.inputs]}")
     with contextlib.ExitStack() as stack:
         local: dict[str, str | None] = {}
         for port in step.inputs:
             uri = given(inputs.get(port.arg))
             if uri is None and not port.optional:
                 raise ConfigError(f"step {step.name}: input {port.metavar or port.arg} ({port.arg}) is required")
-            local[port.arg] = uri and fetch(stack, uri, _file_layout(port), quiet)
+            model_file = port.layout if PurePosixPath(port.layout).suffix else ""  # a file, not a folder
+            local[port.arg] = uri and fetch(stack, uri, model_file, quiet)
         yield local
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 
+from facepipe.errors import ConfigError
+
 HELP = "evaluate a recognizer (verification, identification) or a detector (detection)"
 
 
@@ -47,7 +49,6 @@ def _add_verification(parser) -> None:
 
 
 def _verification(args, stack, out: str) -> dict:
-    from facepipe.errors import ConfigError
     from facepipe.evaluation.verification import evaluate_verification
 
     if args.center_crop is not None and not 0.1 <= args.center_crop <= 1.0:
@@ -79,7 +80,6 @@ def _add_identification(parser) -> None:
 
 
 def _identification(args, stack, out: str) -> dict:
-    from facepipe.errors import ConfigError
     from facepipe.evaluation.identification import evaluate_identification
 
     if args.center_crop is not None and not 0.05 <= args.center_crop <= 1.0:
@@ -106,7 +106,6 @@ def _add_detection(parser) -> None:
 
 def _detection(args, stack, out: str) -> dict:
     from facepipe.detection.evaluate import evaluate_detection
-    from facepipe.errors import ConfigError
 
     try:
         scales = [float(s) for s in args.scales.split(",") if s.strip()]
