@@ -21,20 +21,12 @@ def recognize(
 ):
     """Every face in `images_uri` matched against `gallery_uri`; URIs are paths, file://, s3:// or obs://.
 
-    `detector_uri`/`recognizer_uri` name model folders (with model.pt); `results` gets results.json,
-    results.csv and annotated images.
+    `detector_uri`/`recognizer_uri` name model folders (with model.pt) or their model.pt; an empty
+    `detector_uri` means none. `results` gets results.json, results.csv and annotated images.
     """
-    import contextlib
-
-    from facepipe import storage
     from facepipe.orchestration.component_runtime import run_step
 
-    with contextlib.ExitStack() as stack:
-        local = {name: stack.enter_context(storage.localize(uri)) if uri else None
-                 for name, uri in [("data_dir", images_uri), ("gallery_dir", gallery_uri),
-                                   ("detector", detector_uri), ("recognizer", recognizer_uri)]}
-        inputs = {"data_dir": str(local["data_dir"]), "gallery_dir": str(local["gallery_dir"]),
-                  "detector_path": f"{local['detector']}/model.pt" if local["detector"] else None,
-                  "recognizer_path": f"{local['recognizer']}/model.pt"}
-        run_step("recognize", config, inputs, results.path, metrics=metrics, report=report,
-                 parent_run_id=mlflow_parent_run_id, output_uri=output_uri)
+    inputs = {"data_dir": images_uri, "gallery_dir": gallery_uri, "detector_path": detector_uri,
+              "recognizer_path": recognizer_uri}
+    run_step("recognize", config, inputs, results.path, metrics=metrics, report=report,
+             parent_run_id=mlflow_parent_run_id, output_uri=output_uri)

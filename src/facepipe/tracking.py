@@ -1,8 +1,8 @@
-"""How step logic reports metrics and artifacts without knowing MLflow, and the pipeline's MLflow lineage.
+"""All MLflow code: the `MlflowLogger` the edges hand to step functions, and the pipeline's MLflow lineage.
 
-Step functions take a `logger: RunLogger` argument (default `NullLogger()`). The edges (CLI
-commands, KFP components) pass an `MlflowLogger` when a tracking URI is set
-(`MLFLOW_TRACKING_URI` or an explicit one), so the same step runs untracked in a unit test.
+Step functions take a `logger: RunLogger` (`facepipe.run_logger`, default `NullLogger()`). The
+edges (`facepipe.edge`: CLI commands, KFP components) pass an `MlflowLogger` when a tracking URI is
+set (`MLFLOW_TRACKING_URI` or an explicit one), so the same step runs untracked in a unit test.
 
 Lineage (used by the orchestration layer): a pipeline run is a parent MLflow run
 (`start_pipeline_run`, tagged with the KFP or local run id, git commit, image digests,
@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from facepipe.run_logger import MemoryLogger, NullLogger, RunLogger  # noqa: F401  (re-exported)
+from facepipe.run_logger import NullLogger
 
 
 class MlflowLogger:

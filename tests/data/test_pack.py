@@ -78,7 +78,8 @@ def test_pack_identity_tree(tmp_path):
     manifest = read_manifest(out, verify=True)
     assert set(manifest["files"]) == {"train.rec", "train.idx", "train.lst", "property", "pack_report.json"}
     assert json.loads((out / "pack_report.json").read_text())["images_packed"] == 6
-    assert ("images_packed", 6.0, None) in logger.metrics and logger.params["size"] == 32
+    # Params are the edge's to log (facepipe.edge.call_step), not the step's.
+    assert ("images_packed", 6.0, None) in logger.metrics and logger.params == {}
 
 
 def test_same_input_gives_byte_identical_output_for_any_worker_count(tmp_path):

@@ -1,5 +1,6 @@
 """Fixtures for the gallery tier: synthetic identities split into train / gallery / probe folders,
-a tiny recognizer trained on the train split (about half a minute on one core) and an untrained one."""
+a tiny recognizer trained on the train split (about half a minute on one core), an untrained one and
+an untrained detector."""
 
 from __future__ import annotations
 
@@ -85,3 +86,19 @@ def save_untrained_recognizer(path: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def untrained_recognizer(tmp_path_factory) -> Path:
     return save_untrained_recognizer(tmp_path_factory.mktemp("untrained") / "model.pt")
+
+
+@pytest.fixture(scope="session")
+def untrained_detector(tmp_path_factory) -> Path:
+    """A randomly initialised detector model.pt (finds faces at random)."""
+    import torch
+
+    from facepipe.config import to_dict
+    from facepipe.detection.config import DetectionTrainConfig
+    from facepipe.detection.model import build_model
+
+    torch.manual_seed(0)
+    cfg = DetectionTrainConfig()
+    path = tmp_path_factory.mktemp("detector") / "model.pt"
+    torch.save({"kind": "detector", "state_dict": build_model(cfg).state_dict(), "config": to_dict(cfg)}, path)
+    return path

@@ -13,21 +13,6 @@ from facepipe.gallery.store import Gallery
 from facepipe.manifest import sha256_file
 
 
-@pytest.fixture(scope="module")
-def untrained_detector(tmp_path_factory):
-    import torch
-
-    from facepipe.config import to_dict
-    from facepipe.detection.config import DetectionTrainConfig
-    from facepipe.detection.model import build_model
-
-    torch.manual_seed(0)
-    cfg = DetectionTrainConfig()
-    path = tmp_path_factory.mktemp("detector") / "model.pt"
-    torch.save({"kind": "detector", "state_dict": build_model(cfg).state_dict(), "config": to_dict(cfg)}, path)
-    return path
-
-
 def test_build_and_recognize_with_a_detector(gallery_data, untrained_detector, untrained_recognizer, tmp_path):
     data = tmp_path / "people"
     for name in sorted(p.name for p in gallery_data["gallery"].iterdir())[:3]:

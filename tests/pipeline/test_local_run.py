@@ -173,10 +173,10 @@ def test_on_a_cluster_steps_find_their_parent_run_by_the_kfp_run_id(mlflow_env, 
 
     for name in ("FACEPIPE_TRACKING_SPOOL", "FACEPIPE_MLFLOW_PARENT_RUN_ID", "FACEPIPE_SCRATCH_DIR"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("FACEPIPE_KFP_RUN_ID", "kfp-run-123")
+    monkeypatch.setenv("FACEPIPE_KFP_RUN_ID", "kfp-run-cluster-pods")
     for out in ("a", "b"):
         run_step("pack", {"size": 64, "workers": 1}, {"src": str(synth_small / "faces")}, str(tmp_path / out))
-    (parent,) = find_runs(tags={"facepipe.kfp_run_id": "kfp-run-123", "facepipe.kind": "pipeline"})
+    (parent,) = find_runs(tags={"facepipe.kfp_run_id": "kfp-run-cluster-pods", "facepipe.kind": "pipeline"})
     children = find_runs(parent_id=parent.info.run_id)
     assert [c.data.tags["facepipe.step"] for c in children] == ["pack", "pack"]
     assert all(c.info.status == "FINISHED" for c in children)

@@ -6,10 +6,13 @@ HELP = "enrol identity folders (DATA/<identity>/<image>) into a searchable face 
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("data_path", help="identity folders: DATA_PATH/<identity>/<image>.jpg")
-    parser.add_argument("detect_model_path", help="detector model.pt, or 'none' to center-crop (flagged)")
-    parser.add_argument("recognize_model_path", help="recognizer model.pt")
-    parser.add_argument("db_output_path", help="gallery folder to write (replaced atomically)")
+    parser.add_argument("data_path", help="identity folders: DATA_PATH/<identity>/<image>.jpg; "
+                                          "this and every path below: local, file://, s3:// or obs://")
+    parser.add_argument("detect_model_path", help="detector model.pt or its folder, or 'none' to center-crop "
+                                                  "(flagged)")
+    parser.add_argument("recognize_model_path", help="recognizer model.pt or its folder")
+    parser.add_argument("db_output_path", help="gallery folder to write (replaced atomically; a URI is "
+                                               "published when complete)")
     parser.add_argument("--template", choices=["mean", "all"], help="one mean per identity (default) or every image")
     parser.add_argument("--index", choices=["flat", "ivf", "hnsw"], help="search index (default flat: exact)")
     parser.add_argument("--dtype", choices=["float32", "float16"], help="stored embedding precision")
@@ -23,28 +26,22 @@ def add_arguments(parser) -> None:
     parser.add_argument("--run-name", help="MLflow run name (default: the output folder's name)")
 
 
-def optional_model(path: str | None) -> str | None:
-    """'none' / '' on the command line means: no detector, center-crop (flagged in the output)."""
-    return None if path is None or path.strip().lower() in ("", "none", "-") else path
-
-
 def run(args) -> int:
-    from pathlib import Path
+    from pathlib import PurePosixPath
 
     from facepipe.config import load_config, parse_sets
-    from facepipe.gallery.build import GalleryConfig, build_gallery, summary_lines
-    from facepipe.tracking import command_logger
+    from facepipe.edge import run_command
+    from facepipe.gallery.build import GalleryConfig, summary_lines
 
     sets = parse_sets(args.set)
     for key in ("template", "index", "dtype", "target_far", "calibration_dir"):
         if getattr(args, key) is not None:
             sets[key] = getattr(args, key)
     cfg = load_config(GalleryConfig, args.config, sets, section="build_gallery")
-    detector = optional_model(args.detect_model_path)
-    with command_logger(args.run_name or Path(args.db_output_path).name,
-                        {"facepipe.step": "build_gallery", "data_path": args.data_path}) as logger:
-        report = build_gallery(cfg, args.data_path, detector, args.recognize_model_path,
-                               args.db_output_path, logger=logger)
+    inputs = {"data_dir": args.data_path, "detector_path": args.detect_model_path,
+              "recognizer_path": args.recognize_model_path}
+    report = run_command("build_gallery", cfg, inputs, args.db_output_path,
+                         run_name=args.run_name or PurePosixPath(args.db_output_path).name)
     for line in summary_lines(report):
         print(line)
     print(f"gallery written to {args.db_output_path} (report: build_report.json)")

@@ -2,7 +2,8 @@
 
 Writes OUT/detections.json (`{image_name: [[x1, y1, x2, y2, score, lx1, ly1, ..., lx5, ly5], ...]}`),
 OUT/annotated/<image_name> with the faces drawn, and OUT/manifest.json last. IMAGES may be files or
-folders (searched recursively for .jpg/.jpeg/.png/.bmp/.webp).
+folders (searched recursively for .jpg/.jpeg/.png/.bmp/.webp). MODEL, IMAGES and OUT may be local
+paths or file://, s3://, obs:// URIs (an OUT URI is published when complete).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="detector model.pt (from train-detection)")
+    parser.add_argument("--model", required=True, help="detector model.pt or its folder (from train-detection)")
     parser.add_argument("images", nargs="+", help="image files or folders")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--score-threshold", type=float, default=0.5)
@@ -51,13 +52,16 @@ def collect_images(inputs: list[str]):
 
 
 def run(args) -> int:
+    import contextlib
     import json
     from pathlib import Path
 
     import cv2
 
+    from facepipe import storage
     from facepipe.detection.data import read_image
     from facepipe.detection.infer import Detector, draw_detections
+    from facepipe.edge import fetch
     from facepipe.errors import ConfigError
     from facepipe.manifest import write_manifest
     from facepipe.progress import Progress
@@ -68,28 +72,29 @@ def run(args) -> int:
         raise ConfigError(f"--scales {args.scales!r}: expected comma-separated numbers like 0.5,1,2") from None
     if not scales or min(scales) <= 0:
         raise ConfigError(f"--scales {args.scales!r}: expected positive numbers")
-    images = collect_images(args.images)
-    detector = Detector.load(args.model, device=args.device)
-    out = Path(args.out)
-    (out / "annotated").mkdir(parents=True, exist_ok=True)
     results, faces = {}, 0
-    with Progress(len(images), "detecting", unit="img") as progress:
-        for start in range(0, len(images), max(1, args.batch_size)):
-            chunk = images[start:start + max(1, args.batch_size)]
-            pixels = [read_image(path) for _, path in chunk]
-            for (name, _), image, dets in zip(chunk, pixels, detector.detect_batch(
-                    pixels, args.score_threshold, args.nms_threshold, scales)):
-                results[name] = [[round(float(v), 2) for v in row] for row in dets]
-                faces += len(dets)
-                if not args.no_annotate:
-                    target = out / "annotated" / name
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    cv2.imwrite(str(target.with_suffix(".jpg")), draw_detections(image, dets))
-            progress.update(len(chunk))
-    # One image per line: readable and still plain JSON.
-    body = ",\n".join(f" {json.dumps(name)}: {json.dumps(rows)}" for name, rows in results.items())
-    (out / "detections.json").write_text("{\n" + body + "\n}\n")
-    write_manifest(out, kind="detections", extra={"model_sha256": detector.digest, "images": len(results),
-                                                  "faces": faces})
-    print(f"{faces} face(s) in {len(results)} image(s) -> {out / 'detections.json'}")
+    with contextlib.ExitStack() as stack:
+        images = collect_images([fetch(stack, item) for item in args.images])
+        detector = Detector.load(fetch(stack, args.model, "model.pt"), device=args.device)
+        out = Path(stack.enter_context(storage.output_dir(args.out)))
+        (out / "annotated").mkdir(parents=True, exist_ok=True)
+        with Progress(len(images), "detecting", unit="img") as progress:
+            for start in range(0, len(images), max(1, args.batch_size)):
+                chunk = images[start:start + max(1, args.batch_size)]
+                pixels = [read_image(path) for _, path in chunk]
+                for (name, _), image, dets in zip(chunk, pixels, detector.detect_batch(
+                        pixels, args.score_threshold, args.nms_threshold, scales)):
+                    results[name] = [[round(float(v), 2) for v in row] for row in dets]
+                    faces += len(dets)
+                    if not args.no_annotate:
+                        target = out / "annotated" / name
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        cv2.imwrite(str(target.with_suffix(".jpg")), draw_detections(image, dets))
+                progress.update(len(chunk))
+        # One image per line: readable and still plain JSON.
+        body = ",\n".join(f" {json.dumps(name)}: {json.dumps(rows)}" for name, rows in results.items())
+        (out / "detections.json").write_text("{\n" + body + "\n}\n")
+        write_manifest(out, kind="detections", extra={"model_sha256": detector.digest, "images": len(results),
+                                                      "faces": faces})
+    print(f"{faces} face(s) in {len(results)} image(s) -> {args.out.rstrip('/')}/detections.json")
     return 0

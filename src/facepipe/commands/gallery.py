@@ -28,10 +28,10 @@ def run(args) -> int:
     from facepipe.gallery.store import gallery_info
 
     if args.action == "add":
-        from facepipe.commands.build_gallery import optional_model
+        from facepipe.edge import given
 
         result = add_identities(args.gallery, args.data_path, args.recognize_model_path,
-                                optional_model(args.detector), replace=args.replace)
+                                given(args.detector), replace=args.replace)
         print(f"added {len(result['identities'])} identities; gallery now has {result['num_identities']}; "
               f"threshold {result['threshold_before']} -> {result['threshold']}")
         for key, items in result["problems"].items():

@@ -27,22 +27,16 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import contextlib
     import json
 
-    from facepipe import storage
     from facepipe.config import load_config, parse_sets
-    from facepipe.data.pack import PackConfig, pack
-    from facepipe.tracking import command_logger
+    from facepipe.data.pack import PackConfig
+    from facepipe.edge import run_command
 
     sets = parse_sets(args.set)
     sets.update({key: getattr(args, flag) for flag, key in _FLAGS.items() if getattr(args, flag) is not None})
     cfg = load_config(PackConfig, args.config, sets, section="pack")
-    with contextlib.ExitStack() as stack:
-        src = stack.enter_context(storage.localize(args.src, quiet=args.quiet))
-        out = stack.enter_context(storage.output_dir(args.out, quiet=args.quiet))
-        logger = stack.enter_context(command_logger("pack"))
-        report = pack(cfg, src, out, logger=logger, progress=not args.quiet)
+    report = run_command("pack", cfg, {"src": args.src}, args.out, quiet=args.quiet, progress=not args.quiet)
     summary = {k: report[k] for k in ("images_packed", "identities_packed", "images_passed_through",
                                       "skipped_count", "identities_dropped_count", "duplicate_files",
                                       "images_per_s", "workers")}

@@ -6,11 +6,15 @@ HELP = "recognize every face in photos against a gallery (results.json/.csv, ann
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("data_path", help="an image or a folder of images (searched recursively)")
+    parser.add_argument("data_path", help="an image or a folder of images (searched recursively); this and "
+                                          "every path below: local, file://, s3:// or obs://")
     parser.add_argument("db_path", help="gallery folder from `facepipe build-gallery`")
-    parser.add_argument("detect_model_path", help="detector model.pt, or 'none' (whole image as one face)")
-    parser.add_argument("recognize_model_path", help="recognizer model.pt (the one the gallery was built with)")
-    parser.add_argument("--out", default="recognition_out", help="output folder (default ./recognition_out)")
+    parser.add_argument("detect_model_path", help="detector model.pt or its folder, or 'none' (whole image "
+                                                  "as one face)")
+    parser.add_argument("recognize_model_path", help="recognizer model.pt or its folder (the one the gallery "
+                                                     "was built with)")
+    parser.add_argument("--out", default="recognition_out", help="output folder (default ./recognition_out; "
+                                                                 "a URI is published when complete)")
     parser.add_argument("--top-k", type=int, dest="top_k", help="identities listed per face (default 5)")
     parser.add_argument("--threshold", type=float,
                         help="similarity for a named match (default: the gallery's calibrated threshold)")
@@ -24,12 +28,11 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     import json
-    from pathlib import Path
+    from pathlib import PurePosixPath
 
-    from facepipe.commands.build_gallery import optional_model
-    from facepipe.tracking import command_logger
     from facepipe.config import load_config, parse_sets
-    from facepipe.gallery.recognize import RecognizeConfig, recognize
+    from facepipe.edge import run_command
+    from facepipe.gallery.recognize import RecognizeConfig
 
     sets = parse_sets(args.set)
     for key in ("top_k", "threshold", "batch_size"):
@@ -38,14 +41,13 @@ def run(args) -> int:
     if args.no_annotate:
         sets["annotate"] = False
     cfg = load_config(RecognizeConfig, args.config, sets, section="recognize")
-    with command_logger(args.run_name or Path(args.out).name,
-                        {"facepipe.step": "recognize", "data_path": args.data_path, "gallery": args.db_path}) as logger:
-        summary = recognize(cfg, args.data_path, args.db_path, optional_model(args.detect_model_path),
-                            args.recognize_model_path, args.out, logger=logger)
+    inputs = {"data_dir": args.data_path, "gallery_dir": args.db_path, "detector_path": args.detect_model_path,
+              "recognizer_path": args.recognize_model_path}
+    summary = run_command("recognize", cfg, inputs, args.out, run_name=args.run_name or PurePosixPath(args.out).name)
     brief = {k: summary[k] for k in ("images", "faces", "recognized", "unknown", "threshold")}
     print(json.dumps(brief))
     if summary["images_without_faces"]:
         print(f"{len(summary['images_without_faces'])} images without a detected face, e.g. "
               f"{summary['images_without_faces'][:3]}")
-    print(f"results: {Path(args.out) / 'results.json'}, {Path(args.out) / 'results.csv'}")
+    print(f"results: {args.out.rstrip('/')}/results.json, {args.out.rstrip('/')}/results.csv")
     return 0

@@ -31,26 +31,19 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import contextlib
     import json
     import os
 
-    from facepipe import storage
     from facepipe.config import load_config, parse_sets
     from facepipe.detection.config import DetectionTrainConfig
-    from facepipe.detection.train import train_detection
-    from facepipe.tracking import command_logger
+    from facepipe.edge import run_command
 
     sets = parse_sets(args.set)
     sets.update({key: getattr(args, flag) for flag, key in _FLAGS.items() if getattr(args, flag) is not None})
     cfg = load_config(DetectionTrainConfig, args.config, sets, section="train_detection")
     main_process = int(os.environ.get("RANK", 0)) == 0
-    with contextlib.ExitStack() as stack:
-        data_dir = stack.enter_context(storage.localize(args.data_path))
-        out_dir = (stack.enter_context(storage.output_dir(args.model_output_path)) if main_process
-                   else args.model_output_path)
-        logger = stack.enter_context(command_logger("train_detection", enabled=main_process))
-        metrics = train_detection(cfg, data_dir, out_dir, logger=logger)
+    metrics = run_command("train_detection", cfg, {"data_dir": args.data_path}, args.model_output_path,
+                          main_process=main_process)
     if main_process:
         keys = [k for k in metrics if k.startswith(("val.ap50", "train.steps", "train.final_loss", "onnx"))]
         print(json.dumps({k: metrics[k] for k in sorted(keys)}))

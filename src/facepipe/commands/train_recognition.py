@@ -21,35 +21,26 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import contextlib
     import json
     import os
 
     from facepipe import storage
     from facepipe.config import load_config
+    from facepipe.edge import run_command
     from facepipe.errors import ConfigError
     from facepipe.recognition.config import RecognitionTrainConfig
-    from facepipe.tracking import command_logger
 
     cfg = load_config(RecognitionTrainConfig, args.config, args.set, section="train_recognition")
-    from facepipe.recognition.train import train_recognition
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     remote_out = not storage.parse_uri(args.model_output_path).is_local
     if remote_out and world > 1:
         raise ConfigError(f"MODEL_OUTPUT_PATH {args.model_output_path}: under torchrun every process writes "
                           f"checkpoint shards, so it must be a local or shared folder")
-    with contextlib.ExitStack() as stack:
-        data = stack.enter_context(storage.localize(args.data_path))
-        # a remote output is written locally and published when training finishes (resume needs a
-        # local or shared MODEL_OUTPUT_PATH: the checkpoints live there)
-        out = stack.enter_context(storage.output_dir(args.model_output_path)) if rank == 0 or remote_out \
-            else args.model_output_path
-        logger = stack.enter_context(command_logger(
-            args.run_name or "train_recognition",
-            {"facepipe.step": "train_recognition", "data_path": args.data_path,
-             "model_output_path": args.model_output_path}, enabled=rank == 0))
-        metrics = train_recognition(cfg, data, out, logger=logger)
+    # A remote output is written locally and published when training finishes (resume needs a
+    # local or shared MODEL_OUTPUT_PATH: the checkpoints live there).
+    metrics = run_command("train_recognition", cfg, {"data_dir": args.data_path}, args.model_output_path,
+                          run_name=args.run_name or "", main_process=rank == 0)
     if metrics:
         print(json.dumps(metrics, sort_keys=True))
     return 0

@@ -387,7 +387,6 @@ def pack(cfg: PackConfig, src: str | Path, out_dir: str | Path, logger: RunLogge
         images_hint = sum(len(i.files) for i in identities)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until we finish
-    logger.log_params({k: v for k, v in dataclasses.asdict(cfg).items()})
     workers = resolve_workers(cfg.workers)
     if images_hint is not None:
         workers = min(workers, max(1, images_hint))

@@ -367,7 +367,6 @@ def synthesize(cfg: SynthConfig, out_dir: str | Path, logger: RunLogger = NullLo
 
     out_dir = Path(out_dir)
     _prepare(out_dir)
-    logger.log_params(to_dict(cfg))
     t0 = time.monotonic()
 
     faces_root = out_dir / "faces"

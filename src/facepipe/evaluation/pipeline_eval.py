@@ -176,7 +176,6 @@ def evaluate_pipeline(cfg: EvaluateConfig, data_dir, detector_path, recognizer_p
     write_report(out, metrics, plots, {"data": str(data), "detector": str(detector_path),
                                        "recognizer": str(recognizer_path), "gallery": str(gallery_dir),
                                        "config": json.dumps(to_dict(cfg))})
-    logger.log_params({f"evaluate.{k}": v for k, v in to_dict(cfg).items()})
     logger.log_metrics({k: v for k, v in metrics.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
     for p in [out / "metrics.json", out / "report.html", *plots]:

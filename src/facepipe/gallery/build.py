@@ -246,7 +246,6 @@ def build_gallery(cfg: GalleryConfig, data_dir, detector_path, recognizer_path, 
     gallery, report = gallery_from_tree(cfg, data_dir, recognizer, aligner)
     report["seconds"] = round(time.time() - t0, 2)
     save_replacing(gallery, out, report)
-    logger.log_params({f"gallery.{k}": v for k, v in to_dict(cfg).items()})
     metrics = {"gallery.identities": report["identities"], "gallery.images": report["images"],
                "gallery.enrolled_images": report["enrolled_images"],
                "gallery.no_face": len(report["no_face"]), "gallery.several_faces": len(report["several_faces"])}

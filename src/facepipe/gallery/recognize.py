@@ -182,7 +182,6 @@ def recognize(cfg: RecognizeConfig, data_dir, gallery_dir, detector_path, recogn
                                  face["alignment"], face["identity"], f"{face['similarity']:.4f}", top])
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     write_manifest(out, "recognize", extra={"gallery_recognizer_digest": gallery.meta["recognizer_digest"]})
-    logger.log_params({f"recognize.{k}": v for k, v in to_dict(cfg).items()})
     logger.log_metrics({"recognize.images": summary["images"], "recognize.faces": summary["faces"],
                         "recognize.recognized": summary["recognized"], "recognize.unknown": summary["unknown"]})
     return summary

@@ -1,8 +1,9 @@
 """What every KFP component does around its step: config, checkpoint scratch, MLflow child run, report, publish.
 
 Components (components/<step>/component.py) are thin: they import this module inside their body
-and call `run_step` with local paths (KFP gives artifacts as local paths, also on a cluster where
-the launcher copies them from the s3:// pipeline root). The step function itself stays pure.
+and call `run_step` with their inputs keyed by port arg: local paths (KFP gives artifacts as local
+paths, also on a cluster where the launcher copies them from the s3:// pipeline root) or URIs, which
+`facepipe.edge` localizes. The step function itself stays pure.
 
 - Config: the component receives its step's flat keys as one dict of pipeline parameter values;
   `params.decode_config` turns them back into the typed, validated config.
@@ -11,7 +12,8 @@ the launcher copies them from the s3:// pipeline root). The step function itself
   which survives a killed attempt; the next attempt (KFP retry or a rerun with the same
   parameters) finds the step's checkpoints there and resumes. On success it moves to the output.
 - Tracking: with `MLFLOW_TRACKING_URI` set, the step runs inside an MLflow child run of the
-  parent run (parameter, else `FACEPIPE_MLFLOW_PARENT_RUN_ID`), with its params, metrics by step
+  parent run (parameter, else `FACEPIPE_MLFLOW_PARENT_RUN_ID`), with its config as params
+  (logged once, by `edge.call_step`), metrics by step
   (through the `logger` the step function gets), plots, report, and a registered model version
   for trained models.
 - Outputs: metrics go to the KFP Metrics artifact and, as JSON, to its file (kfp.local only
@@ -22,9 +24,9 @@ the launcher copies them from the s3:// pipeline root). The step function itself
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import html
-import inspect
 import json
 import math
 import os
@@ -36,19 +38,6 @@ from typing import Any, Mapping
 
 from facepipe.errors import FacepipeError
 from facepipe.steps import STEPS
-
-# The step functions' input folders, in their positional order (docs/architecture.md).
-STEP_INPUTS = {
-    "synth": [],
-    "pack": ["src"],
-    "train_detection": ["data_dir"],
-    "train_recognition": ["data_dir"],
-    "build_gallery": ["data_dir", "detector_path", "recognizer_path"],
-    "evaluate": ["data_dir", "detector_path", "recognizer_path", "gallery_dir"],
-    "recognize": ["data_dir", "gallery_dir", "detector_path", "recognizer_path"],
-}
-# Trained models are registered in the MLflow model registry under these names.
-REGISTERED_MODELS = {"train_detection": "facepipe-detector", "train_recognition": "facepipe-recognizer"}
 
 SCRATCH_ENV = "FACEPIPE_SCRATCH_DIR"
 PARENT_ENV = "FACEPIPE_MLFLOW_PARENT_RUN_ID"
@@ -89,14 +78,6 @@ def _move_contents(src: Path, dst: Path) -> None:
         shutil.move(str(item), str(target))
 
 
-def _call_step(step: str, cfg, inputs: Mapping[str, str | None], out_dir: Path, logger) -> dict:
-    fn = STEPS[step].step_function()
-    args = [cfg] + [inputs.get(name) for name in STEP_INPUTS[step]] + [str(out_dir)]
-    kwargs = {"logger": logger} if "logger" in inspect.signature(fn).parameters else {}
-    result = fn(*args, **kwargs)
-    return dict(result or {})
-
-
 def plots(out_dir: Path) -> list[Path]:
     return sorted(out_dir.rglob("*.png"))[:MAX_PLOTS]
 
@@ -133,13 +114,12 @@ class _ChildRun:
     step process the MLflow import and store setup (seconds). Without a tracking URI: nothing.
     """
 
-    def __init__(self, step: str, params: Mapping[str, Any], parent_run_id: str, tags: Mapping[str, str]):
+    def __init__(self, step: str, parent_run_id: str, tags: Mapping[str, str]):
         from facepipe.run_logger import NullLogger
 
         self.run_id = None
         self.spool = None
         self.logger = NullLogger()
-        self.params = dict(params)
         self.step = step
         self.kfp_parent = ""  # a parent found through the KFP run id; the last step ends it
         tags = {k: v for k, v in tags.items() if v}
@@ -177,39 +157,14 @@ class _ChildRun:
 
     def finish(self, status: str) -> None:
         if self.spool:
-            self.spool.event("end", status=status, params=_clean_params(self.params))
+            self.spool.event("end", status=status)
             return
+        from facepipe.tracking import end_run
+
         if self.run_id:
-            _finish_run(self.run_id, self.params, status)
+            end_run(self.run_id, status)
         if self.kfp_parent and (self.step == LAST_STEP or status == "FAILED"):
-            from facepipe.tracking import end_run
-
             end_run(self.kfp_parent, status)
-
-
-def _clean_params(params: Mapping[str, Any]) -> dict[str, str]:
-    from facepipe.secrets import redact_params
-
-    return {k: ("" if v is None else str(v))[:6000] for k, v in redact_params(dict(params)).items()}
-
-
-def _finish_run(run_id: str, params: Mapping[str, Any], status: str) -> None:
-    """Log the config as params after the step, then end the run.
-
-    After, because a step may log (some of) them itself, and MLflow refuses a param logged twice
-    with different spellings of the same value.
-    """
-    from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
-
-    from facepipe.tracking import end_run
-
-    client = MlflowClient()
-    logged = client.get_run(run_id).data.params
-    batch = [Param(k, v) for k, v in sorted(_clean_params(params).items()) if k not in logged]
-    for i in range(0, len(batch), 100):
-        client.log_batch(run_id, params=batch[i:i + 100])
-    end_run(run_id, status)
 
 
 class _SeenMetrics:
@@ -242,7 +197,7 @@ class SpoolLogger:
             f.write(line + "\n")
 
     def log_params(self, params):
-        self.event("params", params=_clean_params(params))
+        self.event("params", params=dict(params))  # cleaned by the MlflowLogger that replays them
 
     def log_metrics(self, metrics, step=None):
         self.event("metrics", metrics={k: float(v) for k, v in metrics.items()}, step=step or 0)
@@ -274,11 +229,10 @@ def replay_spool(spool: str | Path) -> list[str]:
         first = events[0]
         run_id = tracking.start_step_run(first["parent"] or None, first["step"], None, tags=first["tags"])
         logger = tracking.MlflowLogger(run_id)
-        status, params, metrics = "KILLED", {}, []
+        status, metrics = "KILLED", []
         for e in events[1:]:
             if e["op"] == "params":
-                logger.log_params({k: v for k, v in e["params"].items() if k not in params})
-                params.update(e["params"])
+                logger.log_params(e["params"])
             elif e["op"] == "metrics":
                 metrics += [Metric(k, v, int(e["time"] * 1000), e["step"]) for k, v in e["metrics"].items()]
             elif e["op"] == "artifact" and Path(e["path"]).exists():
@@ -289,10 +243,10 @@ def replay_spool(spool: str | Path) -> list[str]:
                 version = tracking.register_model(run_id, e["artifact_path"], e["name"])
                 logger.set_tags({"facepipe.registered_model": f"{e['name']}/{version.version}"})
             elif e["op"] == "end":
-                status, params = e["status"], {**e["params"], **params}
+                status = e["status"]
         for i in range(0, len(metrics), 1000):
             client.log_batch(run_id, metrics=metrics[i:i + 1000])
-        _finish_run(run_id, params, status)
+        tracking.end_run(run_id, status)
         path.unlink()
         created.append(run_id)
     return created
@@ -313,68 +267,70 @@ def _kfp_parent(step: str) -> str:
                                        {"facepipe.kfp_run_id": kfp_run_id, "facepipe.created_by_step": step})
 
 
-def run_step(step: str, config: Mapping[str, Any], inputs: Mapping[str, str | None], out_dir: str,
+def run_step(step: str, config: Mapping[str, Any], inputs_by_arg: Mapping[str, str | None], out_path: str,
              metrics=None, report=None, parent_run_id: str = "", output_uri: str = "") -> dict:
     """Run one step the way a component does; returns the step's result dict.
 
-    `inputs` maps the step's input names (STEP_INPUTS) to local paths (or None where optional);
-    `metrics`/`report` are KFP Metrics/HTML output artifacts (or None outside KFP).
+    `inputs_by_arg` maps the step's port args (`Step.inputs`) to local paths or URIs (None or
+    "none" where optional), localized by `facepipe.edge`; `out_path` is a local folder or a URI
+    (published when the step succeeds); `metrics`/`report` are KFP Metrics/HTML output artifacts
+    (or None outside KFP).
     """
+    from facepipe import edge, storage
     from facepipe.config import to_dict
     from facepipe.orchestration.params import decode_config
 
+    record = STEPS[step]
     cfg = decode_config(step, dict(config))
     cfg_dict = to_dict(cfg)
-    out = Path(out_dir)
-    scratch_root = os.environ.get(SCRATCH_ENV)
-    work = Path(scratch_root) / f"{step}-{scratch_key(step, cfg_dict, inputs)}" if scratch_root else out
-    if work != out and work.exists():
-        print(f"[facepipe] {step}: resuming from the checkpoints of an interrupted attempt in {work}",
-              file=sys.stderr, flush=True)
-    work.mkdir(parents=True, exist_ok=True)
-
-    tags = {"facepipe.step": step, "facepipe.output": out_dir,
-            "facepipe.image": os.environ.get("FACEPIPE_IMAGE", ""),
-            **{f"facepipe.input.{k}": str(v) for k, v in inputs.items() if v}}
-    child = _ChildRun(step, cfg_dict, parent_run_id, tags)
+    tags = {**edge.run_tags(step, inputs_by_arg, out_path), "facepipe.image": os.environ.get("FACEPIPE_IMAGE", "")}
+    child = _ChildRun(step, parent_run_id, tags)
     started = time.time()
     try:
-        step_logger = _SeenMetrics(child.logger)
-        result = _call_step(step, cfg, inputs, work, step_logger)
-        _record_timing(step, time.time() - started)
-        if work != out:
-            _move_contents(work, out)
-            shutil.rmtree(work, ignore_errors=True)
-        numbers = flat_metrics(result)
-        seconds = time.time() - started
-        if metrics is not None:
-            for k, v in numbers.items():
-                metrics.log_metric(k, v)
-            Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
-            Path(metrics.path).write_text(json.dumps(numbers, indent=2, sort_keys=True))
-        info = {"step": step, "output": out_dir, "seconds": f"{seconds:.1f}",
-                "mlflow run": child.label}
-        report_path = Path(report.path) if report is not None else out / "report.html"
-        write_report(report_path, step, cfg_dict, numbers, out, info)
-        if child.active:
-            # Final numbers, except those the step logged itself by training step.
-            child.logger.log_metrics({**{k: v for k, v in numbers.items() if k not in step_logger.seen},
-                                      "step_seconds": seconds})
-            for png in plots(out):
-                child.logger.log_artifact(png, "plots")
-            child.logger.log_artifact(report_path, "report")
-            for name in ("metrics.json", "report.md"):
-                if (out / name).exists():
-                    child.logger.log_artifact(out / name)
-            if step in REGISTERED_MODELS:
-                _register(child, out, REGISTERED_MODELS[step])
-        if output_uri:
-            from facepipe import storage
-
-            target = f"{output_uri.rstrip('/')}/{step}"
-            storage.upload(str(out), target)
+        with contextlib.ExitStack() as stack:
+            local = stack.enter_context(edge.local_inputs(record, inputs_by_arg))
+            out = Path(stack.enter_context(storage.output_dir(out_path)))
+            scratch_root = os.environ.get(SCRATCH_ENV)
+            # Keyed by the inputs as given: a download's temp path differs on every attempt.
+            work = (Path(scratch_root) / f"{step}-{scratch_key(step, cfg_dict, inputs_by_arg)}"
+                    if scratch_root else out)
+            if work != out and work.exists():
+                print(f"[facepipe] {step}: resuming from the checkpoints of an interrupted attempt in {work}",
+                      file=sys.stderr, flush=True)
+            work.mkdir(parents=True, exist_ok=True)
+            step_logger = _SeenMetrics(child.logger)
+            result = edge.call_step(record, cfg, local, work, step_logger)
+            _record_timing(step, time.time() - started)
+            if work != out:
+                _move_contents(work, out)
+                shutil.rmtree(work, ignore_errors=True)
+            numbers = flat_metrics(result)
+            seconds = time.time() - started
+            if metrics is not None:
+                for k, v in numbers.items():
+                    metrics.log_metric(k, v)
+                Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
+                Path(metrics.path).write_text(json.dumps(numbers, indent=2, sort_keys=True))
+            info = {"step": step, "output": str(out_path), "seconds": f"{seconds:.1f}", "mlflow run": child.label}
+            report_path = Path(report.path) if report is not None else out / "report.html"
+            write_report(report_path, step, cfg_dict, numbers, out, info)
             if child.active:
-                child.logger.set_tags({"facepipe.published": target})
+                # Final numbers, except those the step logged itself by training step.
+                child.logger.log_metrics({**{k: v for k, v in numbers.items() if k not in step_logger.seen},
+                                          "step_seconds": seconds})
+                for png in plots(out):
+                    child.logger.log_artifact(png, "plots")
+                child.logger.log_artifact(report_path, "report")
+                for name in ("metrics.json", "report.md"):
+                    if (out / name).exists():
+                        child.logger.log_artifact(out / name)
+                if record.registered_model:
+                    _register(child, out, record.registered_model)
+            if output_uri:
+                target = f"{output_uri.rstrip('/')}/{step}"
+                storage.upload(str(out), target)
+                if child.active:
+                    child.logger.set_tags({"facepipe.published": target})
     except BaseException:
         child.finish("FAILED")
         raise

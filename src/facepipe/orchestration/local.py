@@ -254,19 +254,6 @@ def _tracking_setup(base: Path) -> str:
     return uri
 
 
-def _log_params(run_id: str, values: dict[str, Any]) -> None:
-    """All pipeline parameters on the parent run, in one call (a hundred single calls take seconds)."""
-    from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
-
-    from facepipe.secrets import redact_params
-
-    params = [Param(k, ("" if v is None else str(v))[:6000]) for k, v in sorted(redact_params(values).items())]
-    client = MlflowClient()
-    for i in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[i:i + 100])
-
-
 def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, *,
               pipeline: str | Path | None = None, root: str | Path | None = None,
               base_arguments: dict[str, Any] | None = None, rerun_step: str | None = None,
@@ -311,7 +298,7 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
         os.environ[PARENT_ENV] = parent_id
         os.environ[SPOOL_ENV] = str(folder / "tracking-spool")
         _replay_leftovers(base)
-        _log_params(parent_id, values)
+        tracking.MlflowLogger(parent_id).log_params(values)  # all pipeline parameters, batched
         record.mlflow = {"tracking_uri": uri, "experiment": experiment, "parent_run_id": parent_id}
         record.save(folder)
 

@@ -1,0 +1,84 @@
+"""The step edge: URIs in, the step function called by keyword, its params logged once, the output published.
+
+The CLI step commands (`run_command`) and the component runtime (`orchestration.component_runtime.
+run_step`) both go through `local_inputs` and `call_step`, so a step gets the same local paths and its
+run the same params (the config's own keys, values as given: `device` stays "auto") whichever way it ran.
+Inputs are keyed by the step's port args (`facepipe.steps.Port.arg`); each is a local path or a
+file://, s3://, obs:// URI, and `None` / "none" / "" where the port is optional. Where a port's layout is
+a file (`model.pt`), a model folder and its model.pt both work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import PurePosixPath
+from typing import Any, Mapping
+
+from facepipe import storage
+from facepipe.errors import ConfigError
+from facepipe.steps import STEPS, Step
+
+LEFT_OUT = ("", "none", "-")  # how the CLI and the pipeline say "no detector"
+
+
+def given(value: Any) -> str | None:
+    """The input as a string, or None where it was left out."""
+    return None if value is None or str(value).strip().lower() in LEFT_OUT else str(value)
+
+
+def fetch(stack: contextlib.ExitStack, uri: str, model_file: str = "", quiet: bool = False) -> str:
+    """A local path for `uri`, kept until `stack` closes. With `model_file`, a folder holding that
+    file stands for the file: only the file is fetched (not the checkpoints beside it)."""
+    uri = str(uri).rstrip("/") or str(uri)
+    if model_file and PurePosixPath(uri).name != model_file and storage.exists(f"{uri}/{model_file}"):
+        uri = f"{uri}/{model_file}"
+    return str(stack.enter_context(storage.localize(uri, quiet=quiet)))
+
+
+@contextlib.contextmanager
+def local_inputs(step: Step, inputs: Mapping[str, Any], quiet: bool = False):
+    """Yield {port arg: local path or None} for the step's inputs; downloads are removed on exit."""
+    unknown = sorted(set(inputs) - {p.arg for p in step.inputs})
+    if unknown:
+        raise ConfigError(f"step {step.name}: unknown inputs {unknown}; expected {[p.arg for p in step.inputs]}")
+    with contextlib.ExitStack() as stack:
+        local: dict[str, str | None] = {}
+        for port in step.inputs:
+            uri = given(inputs.get(port.arg))
+            if uri is None and not port.optional:
+                raise ConfigError(f"step {step.name}: input {port.metavar or port.arg} ({port.arg}) is required")
+            model_file = port.layout if PurePosixPath(port.layout).suffix else ""  # a file, not a folder
+            local[port.arg] = uri and fetch(stack, uri, model_file, quiet)
+        yield local
+
+
+def call_step(step: Step, cfg, inputs: Mapping[str, str | None], out_dir, logger, **options) -> dict:
+    """Log the config as the run's params (the only place they are logged), then run the step."""
+    from facepipe.config import to_dict
+
+    logger.log_params(to_dict(cfg))
+    return dict(step.step_function()(cfg, **inputs, out_dir=str(out_dir), logger=logger, **options) or {})
+
+
+def run_tags(step: str, inputs: Mapping[str, Any], out: str) -> dict[str, str]:
+    """What a step's run is tagged with, on the CLI and in the pipeline alike."""
+    return {"facepipe.step": step, "facepipe.output": str(out),
+            **{f"facepipe.input.{k}": str(v) for k, v in inputs.items() if given(v)}}
+
+
+def run_command(step_name: str, cfg, inputs: Mapping[str, Any], out: str, *, run_name: str = "",
+                main_process: bool = True, quiet: bool = False, **options) -> dict:
+    """A CLI step command: localize the inputs, run the step into `out` (published there when it is
+    a URI) inside an MLflow run when tracking is on; returns the step's result.
+
+    Under torchrun only the main process tracks and publishes; the others write into `out` as given.
+    """
+    from facepipe.tracking import command_logger
+
+    step = STEPS[step_name]
+    with contextlib.ExitStack() as stack:
+        local = stack.enter_context(local_inputs(step, inputs, quiet=quiet))
+        out_dir = stack.enter_context(storage.output_dir(out, quiet=quiet)) if main_process else out
+        logger = stack.enter_context(command_logger(run_name or step_name, run_tags(step_name, inputs, out),
+                                                    enabled=main_process))
+        return call_step(step, cfg, local, out_dir, logger, **options)
