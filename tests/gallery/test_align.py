@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from facepipe.gallery.align import (ARCFACE_TEMPLATE_112, FaceAligner, align_face, center_crop,
+from facepipe.data.crop import center_crop_resize
+from facepipe.gallery.align import (ARCFACE_TEMPLATE_112, FaceAligner, align_face,
                                     similarity_transform, template)
 
 
@@ -69,7 +70,7 @@ def test_without_landmarks_the_center_crop_is_flagged():
     for landmarks in (None, np.full((5, 2), np.nan), np.zeros((5, 2))):
         aligned, used = align_face(image, landmarks, size=112)
         assert not used and aligned.shape == (112, 112, 3)
-    np.testing.assert_array_equal(center_crop(image, 125, 0.5), image[62:187, 62:187])
+    np.testing.assert_array_equal(center_crop_resize(image, 125, 0.5), image[62:187, 62:187])
 
 
 class FixedDetections:

@@ -14,17 +14,17 @@ from tests.conftest import PROJECT_ROOT
 def test_values_survive_the_trip_through_kfp_parameters(tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text("train_detection:\n  min_sizes: [[8, 16], [32, 64], [96, 128]]\n"
-                   "build_gallery:\n  crop_fraction: 0.5\n")
+                   "build_gallery:\n  center_crop: 0.5\n")
     values = Arguments(STEPS).resolve(job, ["train_recognition.epochs=3", "train_recognition__lr=0.05",
                                             "pipeline.data_uri=s3://b/d"])
     assert values["train_recognition__epochs"] == 3 and values["train_recognition__lr"] == 0.05
     assert values["train_detection__min_sizes"] == "[[8, 16], [32, 64], [96, 128]]"
-    assert values["build_gallery__crop_fraction"] == "0.5" and values["data_uri"] == "s3://b/d"
+    assert values["build_gallery__center_crop"] == "0.5" and values["data_uri"] == "s3://b/d"
     # What a component receives: KFP renders numbers as doubles, lists and optionals as strings.
     cfg = decode_config("train_detection", {"min_sizes": values["train_detection__min_sizes"], "epochs": "3.0"})
     assert cfg.min_sizes == [[8, 16], [32, 64], [96, 128]] and cfg.epochs == 3
-    gallery = decode_config("build_gallery", {"crop_fraction": ""})
-    assert gallery.crop_fraction is None
+    gallery = decode_config("build_gallery", {"center_crop": ""})
+    assert gallery.center_crop is None
 
 
 def test_every_parameter_has_its_config_default():

@@ -88,7 +88,7 @@ def _identification(args, stack, out: str) -> dict:
                                    _local(stack, args.probe_dir), out,
                                    distractor_dir=_local(stack, args.distractor_dir),
                                    detector_path=_local(stack, args.detector, "model.pt"),
-                                   batch_size=args.batch_size, crop_fraction=args.center_crop)
+                                   batch_size=args.batch_size, center_crop=args.center_crop)
 
 
 def _add_detection(parser) -> None:

@@ -132,7 +132,7 @@ def _embed_probe_tree(probe_dir, recognizer, aligner, batch_size: int, desc: str
 
 def evaluate_identification(model_path, gallery_dir, probe_dir, out_dir, distractor_dir=None,
                             detector_path=None, logger: RunLogger = NullLogger(),
-                            batch_size: int = 64, crop_fraction: float | None = None) -> dict:
+                            batch_size: int = 64, center_crop: float | None = None) -> dict:
     """Identification metrics for probes against a gallery; writes metrics.json, probes.csv, plots.
 
     `gallery_dir` is either a gallery built by `facepipe build-gallery` (its recognizer must be
@@ -150,12 +150,12 @@ def evaluate_identification(model_path, gallery_dir, probe_dir, out_dir, distrac
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)
     recognizer = Recognizer.load(str(model_path))
-    aligner = FaceAligner(detector_path, crop_fraction=fallback_crop(crop_fraction, recognizer))
+    aligner = FaceAligner(detector_path, center_crop=fallback_crop(center_crop, recognizer))
     if (Path(gallery_dir) / "gallery.json").exists():
         gallery = Gallery.load(gallery_dir, verify=True)
         gallery.check_recognizer(recognizer.digest, recognizer.embedding_size, model_path)
     else:
-        cfg = GalleryConfig(batch_size=batch_size, no_face="center_crop", crop_fraction=crop_fraction)
+        cfg = GalleryConfig(batch_size=batch_size, no_face="center_crop", center_crop=center_crop)
         gallery, _ = gallery_from_tree(cfg, gallery_dir, recognizer, aligner)
     probe_emb, probe_names, probe_files, _ = _embed_probe_tree(probe_dir, recognizer, aligner, batch_size, "probes")
     distractor_emb = None

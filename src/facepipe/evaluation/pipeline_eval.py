@@ -150,7 +150,7 @@ def evaluate_pipeline(cfg: EvaluateConfig, data_dir, detector_path, recognizer_p
     if recognizer_path is not None and (cfg.verification or cfg.identification):
         recognizer = Recognizer.load(str(recognizer_path))
         aligner = FaceAligner(detector_path if cfg.align_faces_with_detector else None,
-                              crop_fraction=fallback_crop(None, recognizer))
+                              center_crop=fallback_crop(None, recognizer))
     for part in PARTS:
         if not getattr(cfg, part):
             skipped[part] = "disabled in the config"

@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from facepipe.data.crop import center_crop_resize
 from facepipe.errors import DataError
 
 # InsightFace's ArcFace template for 112x112 faces: left eye, right eye, nose tip, left and right
@@ -58,20 +59,8 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return matrix
 
 
-def center_crop(image_bgr: np.ndarray, size: int = 112, crop_fraction: float = 1.0) -> np.ndarray:
-    """The central square (`crop_fraction` of the shorter side) resized to size x size."""
-    if not 0.0 < crop_fraction <= 1.0:
-        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
-    h, w = image_bgr.shape[:2]
-    side = max(1, int(round(min(h, w) * crop_fraction)))
-    y0, x0 = (h - side) // 2, (w - side) // 2
-    crop = image_bgr[y0:y0 + side, x0:x0 + side]
-    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    return cv2.resize(crop, (size, size), interpolation=interp)
-
-
 def align_face(image_bgr: np.ndarray, landmarks5: np.ndarray | None, size: int = 112,
-               crop_fraction: float = 1.0) -> tuple[np.ndarray, bool]:
+               center_crop: float = 1.0) -> tuple[np.ndarray, bool]:
     """Warp one face onto the ArcFace template: `(aligned_bgr size x size, used_landmarks)`.
 
     `landmarks5` is (5,2) in image pixels (or the 10 values of a detector row), or None for the
@@ -90,7 +79,7 @@ def align_face(image_bgr: np.ndarray, landmarks5: np.ndarray | None, size: int =
                 aligned = cv2.warpAffine(image_bgr, matrix, (size, size), flags=cv2.INTER_LINEAR,
                                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
                 return aligned, True
-    return center_crop(image_bgr, size, crop_fraction), False
+    return center_crop_resize(image_bgr, size, center_crop), False
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -140,7 +129,7 @@ class FaceAligner:
     """
 
     def __init__(self, detector=None, score_threshold: float = 0.5, nms_threshold: float = 0.4,
-                 crop_fraction: float = 1.0, device: str = "cpu"):
+                 center_crop: float = 1.0, device: str = "cpu"):
         if isinstance(detector, (str, Path)):
             from facepipe.detection.infer import Detector
 
@@ -148,7 +137,7 @@ class FaceAligner:
         self.detector = detector
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
-        self.crop_fraction = crop_fraction
+        self.center_crop = center_crop
 
     @property
     def digest(self) -> str | None:
@@ -163,15 +152,15 @@ class FaceAligner:
 
     def align(self, image_bgr: np.ndarray, size: int = 112) -> tuple[np.ndarray, dict]:
         if self.detector is None:
-            aligned, _ = align_face(image_bgr, None, size, self.crop_fraction)
+            aligned, _ = align_face(image_bgr, None, size, self.center_crop)
             return aligned, FaceInfo("no_detector", 0, False).to_dict()
         dets = self.detect(image_bgr)
         if len(dets) == 0:
-            aligned, _ = align_face(image_bgr, None, size, self.crop_fraction)
+            aligned, _ = align_face(image_bgr, None, size, self.center_crop)
             return aligned, FaceInfo("no_face", 0, False).to_dict()
         i = main_face_index(dets)
         row = dets[i]
-        aligned, used = align_face(image_bgr, row[5:15], size, self.crop_fraction)
+        aligned, used = align_face(image_bgr, row[5:15], size, self.center_crop)
         status = "several_faces" if len(dets) > 1 else "ok"
         info = FaceInfo(status, len(dets), used, _rounded(row[:4]), round(float(row[4]), 4),
                         [_rounded(p) for p in row[5:15].reshape(5, 2)])
@@ -189,7 +178,7 @@ class FaceAligner:
         faces = []
         for j in order:
             row = dets[j]
-            aligned, used = align_face(image_bgr, row[5:15], size, self.crop_fraction)
+            aligned, used = align_face(image_bgr, row[5:15], size, self.center_crop)
             info = FaceInfo("ok", len(dets), used, _rounded(row[:4]), round(float(row[4]), 4),
                             [_rounded(p) for p in row[5:15].reshape(5, 2)])
             faces.append((aligned, info.to_dict()))

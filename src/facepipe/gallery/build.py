@@ -44,7 +44,7 @@ class GalleryConfig:
     max_images_per_identity: int = bounded(0, low=0, help="enrol only the first K images (sorted) per identity; 0: all")
     batch_size: int = bounded(64, low=1, help="faces per recognizer forward pass")
     score_threshold: float = bounded(0.5, low=0.0, high=1.0, help="detector confidence for a face")
-    crop_fraction: Optional[float] = bounded(None, low=0.05, high=1.0,
+    center_crop: Optional[float] = bounded(None, low=0.05, high=1.0,
                                              help="center-crop fallback: share of the shorter side "
                                                   "(default: the recognizer's training center_crop)")
     device: str = "cpu"
@@ -97,10 +97,10 @@ def input_size_of(recognizer) -> int:
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
-def fallback_crop(crop_fraction: float | None, recognizer) -> float:
+def fallback_crop(center_crop: float | None, recognizer) -> float:
     """Without landmarks, crop as the recognizer saw its training faces (its `center_crop`)."""
-    if crop_fraction is not None:
-        return float(crop_fraction)
+    if center_crop is not None:
+        return float(center_crop)
     return float(getattr(recognizer, "center_crop", 1.0) or 1.0)
 
 
@@ -174,7 +174,7 @@ def load_models(recognizer_path, detector_path, cfg):
         raise ConfigError("a recognizer model (model.pt) is required")
     recognizer = Recognizer.load(str(recognizer_path), device=cfg.device)
     aligner = FaceAligner(detector_path, score_threshold=cfg.score_threshold,
-                          crop_fraction=fallback_crop(cfg.crop_fraction, recognizer), device=cfg.device)
+                          center_crop=fallback_crop(cfg.center_crop, recognizer), device=cfg.device)
     return recognizer, aligner
 
 

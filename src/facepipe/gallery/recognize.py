@@ -39,7 +39,7 @@ class RecognizeConfig:
     score_threshold: float = bounded(0.5, low=0.0, high=1.0, help="detector confidence for a face")
     nms_threshold: float = bounded(0.4, low=0.0, high=1.0)
     annotate: bool = True
-    crop_fraction: Optional[float] = bounded(None, low=0.05, high=1.0,
+    center_crop: Optional[float] = bounded(None, low=0.05, high=1.0,
                                              help="no-detector fallback: center-crop share (default: the "
                                                   "recognizer's training center_crop)")
     device: str = "cpu"
@@ -103,7 +103,7 @@ def recognize(cfg: RecognizeConfig, data_dir, gallery_dir, detector_path, recogn
         raise ConfigError("the gallery has no calibrated threshold (it was built from a single identity); "
                           "set one with --set threshold=0.4")
     aligner = FaceAligner(detector_path, score_threshold=cfg.score_threshold,
-                          nms_threshold=cfg.nms_threshold, crop_fraction=fallback_crop(cfg.crop_fraction, recognizer),
+                          nms_threshold=cfg.nms_threshold, center_crop=fallback_crop(cfg.center_crop, recognizer),
                           device=cfg.device)
     size = input_size_of(recognizer)
     out.mkdir(parents=True, exist_ok=True)
