@@ -82,7 +82,7 @@ def _resolve(ref: str):
     return getattr(importlib.import_module(module), attr)
 
 
-_DATA = Port("data_dir", "images", metavar="DATA_PATH")
+_DATA = Port("data_dir", "images", metavar="DATA_PATH", help="the data folder (faces/, faces_eval/, detection/)")
 _DETECTOR = Port("detector_path", "detector", "model.pt", "DETECT_MODEL_PATH",
                  "a detector model.pt (from train-detection), or 'none': each image is one face", optional=True)
 _RECOGNIZER = Port("recognizer_path", "recognizer", "model.pt", "RECOGNIZE_MODEL_PATH",
