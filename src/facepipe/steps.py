@@ -69,9 +69,6 @@ class Step:
     def step_function(self):
         return _resolve(self.function)
 
-    def input(self, arg: str) -> Port:
-        return next(p for p in self.inputs if p.arg == arg)
-
     def local_inputs(self, artifact_dirs: dict[str, str]) -> dict[str, str]:
         """The function's input paths by argument, given each input artifact's local folder."""
         return {p.arg: p.path_in(artifact_dirs[p.artifact]) for p in self.inputs}

@@ -284,9 +284,6 @@ class RecordWriter:
         self._pos = 0
         self._keys: set[int] = set()
 
-    def tell(self) -> int:
-        return self._pos
-
     def write(self, record: bytes, key: int | None = None) -> int:
         """Append one record; returns its byte offset. A key is required when writing an index."""
         if self._idx is not None:

@@ -124,9 +124,6 @@ class Arguments:
         self.steps = list(steps)
         self.parameters = {p.name: p for p in pipeline_parameters(self.steps)}
 
-    def valid_names(self) -> list[str]:
-        return [f"{p.step}.{p.key}" for p in self.parameters.values()]
-
     def name_for(self, dotted: str, where: str) -> str:
         """`step.key`, `step__key` or `pipeline.key`/`key` for run-level ones -> parameter name."""
         if SEP in dotted and "." not in dotted:
