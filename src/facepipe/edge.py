@@ -11,6 +11,7 @@ a file (`model.pt`), a model folder and its model.pt both work.
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import PurePosixPath
 from typing import Any, Mapping
 
@@ -52,12 +53,43 @@ def local_inputs(step: Step, inputs: Mapping[str, Any], quiet: bool = False):
         yield local
 
 
+def flat_metrics(result: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Finite numbers of a (nested) result dict as `a.b` keys."""
+    out: dict[str, float] = {}
+    for key, value in result.items():
+        if isinstance(value, Mapping):
+            out.update(flat_metrics(value, f"{prefix}{key}."))
+        elif isinstance(value, (bool, int, float)) and math.isfinite(value):
+            out[f"{prefix}{key}"] = float(value)
+    return out
+
+
+class _SeenMetrics:
+    """Passes everything to a RunLogger, remembering which metric keys went through."""
+
+    def __init__(self, inner):
+        self.inner, self.seen = inner, set()
+
+    def log_metrics(self, metrics, step=None):
+        self.seen.update(metrics)
+        self.inner.log_metrics(metrics, step=step)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
 def call_step(step: Step, cfg, inputs: Mapping[str, str | None], out_dir, logger, **options) -> dict:
-    """Log the config as the run's params (the only place they are logged), then run the step."""
+    """Log the config as the run's params and, after the step, its result's numbers that it did not
+    log itself by training step: the only place a step run's params and final metrics are logged."""
     from facepipe.config import to_dict
 
     logger.log_params(to_dict(cfg))
-    return dict(step.step_function()(cfg, **inputs, out_dir=str(out_dir), logger=logger, **options) or {})
+    seen = _SeenMetrics(logger)
+    result = dict(step.step_function()(cfg, **inputs, out_dir=str(out_dir), logger=seen, **options) or {})
+    final = {k: v for k, v in flat_metrics(result).items() if k not in seen.seen}
+    if final:
+        logger.log_metrics(final)
+    return result
 
 
 def run_tags(step: str, inputs: Mapping[str, Any], out: str) -> dict[str, str]:

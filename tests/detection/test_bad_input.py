@@ -77,4 +77,4 @@ def test_wrong_model_files_are_refused(tmp_path, capsys):
                  "--out", str(tmp_path / "o")]) == 2
     assert "missing.pt" in capsys.readouterr().err
     assert main(["detect", "--model", str(tmp_path / "rec.pt"), str(tmp_path / "empty"), "--out", "o"]) == 2
-    assert "no such image file or folder" in capsys.readouterr().err
+    assert "empty: no such file or folder" in capsys.readouterr().err

@@ -82,8 +82,14 @@ def test_train_detection_logs_to_mlflow(scenes, tmp_path, monkeypatch):
                  "--set", "export_onnx=false"]) == 0
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("detection-test").experiment_id])
-    # the step logs no params (the runtime logs the config); its derived numbers are metrics
-    assert "backbone" not in run.data.params and run.data.metrics["world_size"] == 1
+    # the edge logs the config once, under its own keys and values as given ("auto", not "cpu");
+    # the step's derived numbers are metrics
+    from facepipe.config import keys
+    from facepipe.detection.config import DetectionTrainConfig
+
+    assert sorted(run.data.params) == sorted(keys(DetectionTrainConfig))
+    assert run.data.params["device"] == "auto" and run.data.params["image_size"] == "64"
+    assert run.data.metrics["world_size"] == 1
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train.loss")] == [1, 2]
     assert "val.ap50" in run.data.metrics
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"metrics.json", "loss_curve.png"}

@@ -56,7 +56,13 @@ def test_training_is_logged_to_mlflow_when_a_tracking_uri_is_set(trained):
     client = MlflowClient(trained.tracking)
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                 "attributes.run_name = 'tiny'")
-    assert "num_classes" not in run.data.params  # derived numbers go to metrics.json, not params
+    # the config once, under its own keys, values as given (device stays "auto"); derived numbers
+    # such as num_classes go to metrics.json, not params
+    from facepipe.config import keys
+    from facepipe.recognition.config import RecognitionTrainConfig
+
+    assert sorted(run.data.params) == sorted(keys(RecognitionTrainConfig))
+    assert run.data.params["device"] == "auto" and run.data.metrics["num_classes"] > 0
     losses = client.get_metric_history(run.info.run_id, "train.loss")
     assert [m.step for m in losses] == list(range(1, 21))
     for key in ("train.lr", "train.samples_per_s", "faces_pairs.accuracy", "faces_pairs.auc"):

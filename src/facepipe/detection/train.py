@@ -171,7 +171,6 @@ def _train(cfg: DetectionTrainConfig, data_dir: Path, out_dir: Path, logger, ctx
         if val_samples:
             metrics |= validate(model, cfg, val_samples, out_dir, device)
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        logger.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, step=state.step)
         for name in ("metrics.json", "loss_curve.png", "pr_curve.png"):
             if (out_dir / name).exists():
                 logger.log_artifact(out_dir / name)

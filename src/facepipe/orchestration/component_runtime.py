@@ -28,7 +28,6 @@ import contextlib
 import hashlib
 import html
 import json
-import math
 import os
 import shutil
 import sys
@@ -46,20 +45,6 @@ SPOOL_ENV = "FACEPIPE_TRACKING_SPOOL"
 LAST_STEP = "evaluate"  # on a cluster, its end (or any step's failure) ends the parent run
 TIMINGS_ENV = "FACEPIPE_TIMINGS"
 MAX_PLOTS = 24
-
-
-def flat_metrics(result: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Finite numbers of a (nested) result dict as `a.b` keys."""
-    out: dict[str, float] = {}
-    for key, value in result.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flat_metrics(value, name + "."))
-        elif isinstance(value, bool):
-            out[name] = float(value)
-        elif isinstance(value, (int, float)) and math.isfinite(value):
-            out[name] = float(value)
-    return out
 
 
 def scratch_key(step: str, config: Mapping[str, Any], inputs: Mapping[str, str | None]) -> str:
@@ -165,20 +150,6 @@ class _ChildRun:
             end_run(self.run_id, status)
         if self.kfp_parent and (self.step == LAST_STEP or status == "FAILED"):
             end_run(self.kfp_parent, status)
-
-
-class _SeenMetrics:
-    """Passes everything to a RunLogger, remembering which metric keys went through."""
-
-    def __init__(self, inner):
-        self.inner, self.seen = inner, set()
-
-    def log_metrics(self, metrics, step=None):
-        self.seen.update(metrics)
-        self.inner.log_metrics(metrics, step=step)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
 
 
 class SpoolLogger:
@@ -298,13 +269,12 @@ def run_step(step: str, config: Mapping[str, Any], inputs_by_arg: Mapping[str, s
                 print(f"[facepipe] {step}: resuming from the checkpoints of an interrupted attempt in {work}",
                       file=sys.stderr, flush=True)
             work.mkdir(parents=True, exist_ok=True)
-            step_logger = _SeenMetrics(child.logger)
-            result = edge.call_step(record, cfg, local, work, step_logger)
+            result = edge.call_step(record, cfg, local, work, child.logger)
             _record_timing(step, time.time() - started)
             if work != out:
                 _move_contents(work, out)
                 shutil.rmtree(work, ignore_errors=True)
-            numbers = flat_metrics(result)
+            numbers = edge.flat_metrics(result)
             seconds = time.time() - started
             if metrics is not None:
                 for k, v in numbers.items():
@@ -315,9 +285,7 @@ def run_step(step: str, config: Mapping[str, Any], inputs_by_arg: Mapping[str, s
             report_path = Path(report.path) if report is not None else out / "report.html"
             write_report(report_path, step, cfg_dict, numbers, out, info)
             if child.active:
-                # Final numbers, except those the step logged itself by training step.
-                child.logger.log_metrics({**{k: v for k, v in numbers.items() if k not in step_logger.seen},
-                                          "step_seconds": seconds})
+                child.logger.log_metrics({"step_seconds": seconds})  # the step's own numbers: edge.call_step
                 for png in plots(out):
                     child.logger.log_artifact(png, "plots")
                 child.logger.log_artifact(report_path, "report")
