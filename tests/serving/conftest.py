@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.fixtures.services import free_port
-from tests.gallery.conftest import gallery_data, untrained_recognizer  # noqa: F401  (fixtures)
+from tests.gallery.conftest import gallery_data, untrained_detector, untrained_recognizer  # noqa: F401  (fixtures)
 
 TOKEN = "s3cret-token-for-tests"
 ENROLLED = 4  # identities in the gallery; the fifth is enrolled by the tests
@@ -69,8 +69,8 @@ def serve(gallery_dir, untrained_recognizer):
 
     started = []
 
-    def start(token=TOKEN, **options):
-        service = OnlineRecognizer(gallery_dir, None, untrained_recognizer)
+    def start(token=TOKEN, detector=None, cfg=None, **options):
+        service = OnlineRecognizer(gallery_dir, detector, untrained_recognizer, cfg)
         server = Server(create_app(service, token, **options)).__enter__()
         started.append(server)
         server.service = service

@@ -8,8 +8,6 @@ import pandas as pd
 import pytest
 import requests
 
-from tests.gallery.conftest import untrained_detector  # noqa: F401  (fixture)
-
 
 @pytest.fixture
 def sqlite_store(tmp_path, monkeypatch):

@@ -129,6 +129,16 @@ def test_bad_bodies_get_4xx_json_and_the_worker_lives_on(serve, people, tmp_path
     assert post(server, "/v1/recognize", good).status_code == 200
 
 
+def test_a_photo_without_a_face_is_422(serve, people, untrained_detector):
+    from facepipe.gallery.recognize import RecognizeConfig
+
+    # An untrained detector's scores stay near 0.5: at 0.99 it finds no face in any photo.
+    server = serve(detector=untrained_detector, cfg=RecognizeConfig(score_threshold=0.99))
+    r = post(server, "/v1/recognize", photos(people, people["enrolled"][0])[0].read_bytes())
+    assert r.status_code == 422 and r.json()["faces"] == [] and "no face" in r.json()["error"]
+    assert r.json()["model"]["detector"]
+
+
 def test_a_hundred_concurrent_requests_are_all_answered_in_batches(serve, people):
     server = serve(max_batch=16, wait_ms=20)
     images = [p.read_bytes() for name in people["enrolled"] for p in photos(people, name)]
