@@ -112,17 +112,31 @@ def test_enrolled_then_removed_person_is_named_then_not_and_gone_from_disk(serve
     assert requests.delete(f"{server.url}/v1/gallery/identities/{name}", headers=auth, timeout=30).status_code == 404
 
 
+def png_declaring(width: int, height: int) -> bytes:
+    """A small PNG whose header declares width x height (a decompression bomb's shape)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+
+
 def test_bad_bodies_get_4xx_json_and_the_worker_lives_on(serve, people, tmp_path):
     server = serve(max_body=1 << 20)
     good = photos(people, people["enrolled"][0])[0].read_bytes()
     cases = {
         "empty": b"", "text": b"hello, this is not an image\n" * 10, "truncated jpeg": good[:200],
         "png header only": b"\x89PNG\r\n\x1a\n" + b"\0" * 50, "too large": b"\xff\xd8\xff" + b"\0" * (3 << 20),
+        "100000 x 100000 png": png_declaring(100_000, 100_000),
     }
     for what, body in cases.items():
         r = post(server, "/v1/recognize", body)
         assert 400 <= r.status_code < 500, (what, r.status_code)
         assert "error" in r.json(), what
+    assert post(server, "/v1/recognize", png_declaring(100_000, 100_000)).status_code == 413
     assert post(server, "/v1/recognize?top_k=0", good).status_code == 422
     r = post(server, "/v1/recognize", b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"})
     assert 400 <= r.status_code < 500

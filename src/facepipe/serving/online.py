@@ -21,6 +21,7 @@ from facepipe.manifest import sha256_file
 
 # What a request body may be: JPEG or PNG, told by its first bytes (not by a client's header).
 MAGIC = {b"\xff\xd8\xff": "jpg", b"\x89PNG\r\n\x1a\n": "png"}
+MAX_PIXELS = 40_000_000  # 40 MP: any camera photo; a decoded image of this size is 120 MB
 # An enrolled name becomes a folder name in the gallery's edit history: no paths, no dot files.
 NAME = re.compile(r"^[\w][\w .@+-]{0,127}$")
 
@@ -33,14 +34,32 @@ class RequestError(FacepipeError):
         self.status = status
 
 
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR or a JPEG's start-of-frame, read before decoding."""
+    if data.startswith(b"\x89PNG") and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    i = 2
+    while i + 9 < len(data) and data[i] == 0xFF:
+        marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn: height, width
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        i += 2 + length
+    return None
+
+
 def decode_image(data: bytes) -> np.ndarray:
-    """A BGR image from a JPEG/PNG body, or a RequestError (400 empty, 415 other type, 422 broken)."""
+    """A BGR image from a JPEG/PNG body, or a RequestError (400 empty, 415 other type, 413 over
+    MAX_PIXELS, 422 broken)."""
     import cv2
 
     if not data:
         raise RequestError(400, "empty body: send a JPEG or PNG image")
     if not any(data.startswith(m) for m in MAGIC):
         raise RequestError(415, "not a JPEG or PNG image")
+    size = declared_size(data)
+    if size and size[0] * size[1] > MAX_PIXELS:
+        # A small compressed body can declare gigapixels: refuse before allocating them.
+        raise RequestError(413, f"image of {size[0]}x{size[1]} pixels is over the limit of {MAX_PIXELS} pixels")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise RequestError(422, "the image could not be decoded (truncated or corrupt)")
