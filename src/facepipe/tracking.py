@@ -7,8 +7,8 @@ set (`MLFLOW_TRACKING_URI` or an explicit one), so the same step runs untracked 
 Lineage (used by the orchestration layer): a pipeline run is a parent MLflow run
 (`start_pipeline_run`, tagged with the KFP or local run id, git commit, image digests,
 pipeline.yaml digest and input data digest); each step is a child run (`start_step_run`) with its
-params, metrics by step and artifacts; trained models are registered as model versions linked to
-their run (`register_model`). `find_runs` and `param_diff` answer "which runs" and "what changed".
+params, metrics by step and artifacts; trained models are logged as MLflow pyfunc models and
+registered as model versions linked to their run (`log_model`, `register_model`). `find_runs` and `param_diff` answer "which runs" and "what changed".
 Without MLFLOW_TRACKING_URI everything goes to `default_tracking_uri()`, a sqlite store under
 the project's `runs/` folder (`make mlflow-ui` serves it). Params and tags are redacted of secrets.
 """
@@ -232,6 +232,18 @@ def register_model(run_id: str, artifact_path: str, name: str, tags: Mapping[str
                                           await_creation_for=0)
     client.set_tag(run_id, "facepipe.registered_model", f"{name}/{version.version}")
     return version
+
+
+def log_model(run_id: str, kind: str, files: Mapping[str, str | None], name: str):
+    """Log a step output as an MLflow pyfunc model under the run's `model/` and register it as a
+    new version of `name`; `kind` and `files` as in `facepipe.serving.mlflow_model.save_model`."""
+    import tempfile
+
+    from facepipe.serving.mlflow_model import save_model
+
+    with tempfile.TemporaryDirectory(prefix="facepipe-mlmodel-") as tmp:
+        _client().log_artifacts(run_id, str(save_model(kind, dict(files), Path(tmp) / "model")), "model")
+    return register_model(run_id, "model", name)
 
 
 def find_runs(experiment: str | None = None, *, parent_id: str | None = None, step: str | None = None,

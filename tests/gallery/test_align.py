@@ -84,6 +84,9 @@ class FixedDetections:
     def detect(self, image, score_threshold=0.5, nms_threshold=0.4):
         return self.rows
 
+    def detect_batch(self, images, score_threshold=0.5, nms_threshold=0.4):
+        return [self.rows for _ in images]
+
 
 def _row(x1, y1, side, score):
     pts = ARCFACE_TEMPLATE_112 * (side / 112.0) + [x1, y1]
@@ -96,7 +99,7 @@ def test_main_face_is_the_large_confident_one_and_extra_faces_are_reported():
     aligned, info = FaceAligner(FixedDetections([small_sure, big_sure, big_unsure])).align(image, 112)
     assert info["status"] == "several_faces" and info["faces"] == 3
     assert info["box"] == [150, 150, 350, 350] and info["used_landmarks"]
-    faces = FaceAligner(FixedDetections([small_sure, big_sure])).align_all(image, 112)
+    faces = FaceAligner(FixedDetections([small_sure, big_sure])).align_all_batch([image], 112)[0]
     assert [f[1]["box"][0] for f in faces] == [150, 10]  # main face first
 
 
@@ -104,6 +107,6 @@ def test_no_face_and_no_detector_are_told_apart():
     image = np.zeros((120, 100, 3), np.uint8)
     aligned, info = FaceAligner(FixedDetections([])).align(image, 64)
     assert info["status"] == "no_face" and not info["used_landmarks"] and aligned.shape == (64, 64, 3)
-    assert FaceAligner(FixedDetections([])).align_all(image, 64) == []
+    assert FaceAligner(FixedDetections([])).align_all_batch([image], 64) == [[]]
     _, info = FaceAligner(None).align(image, 64)
     assert info["status"] == "no_detector"

@@ -130,6 +130,8 @@ def test_step_run_params_are_the_config_keys_once(gallery_data, untrained_recogn
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("edges").experiment_id])
     assert len(runs) == 3
+    # run_step (direct and spooled) logs the gallery with its models as the facepipe-recognize model
+    assert {v.version for v in client.search_model_versions("name = 'facepipe-recognize'")} == {1, 2}
     for run in runs:
         assert run.data.params == expected  # no `gallery.` copies, nothing left out
         assert run.data.tags["facepipe.step"] == "build_gallery"

@@ -124,8 +124,8 @@ class FaceAligner:
 
     `FaceAligner(detector)` takes a detector model path, a loaded `Detector`, or None.
     `.align(image_bgr, size)` returns `(aligned_bgr, info)` for the main face, with `info` a dict
-    (`status`, `faces`, `used_landmarks`, `box`, `score`, `landmarks`); `.align_all` returns
-    every face. `no_face` images are center-cropped too; callers decide whether to keep them.
+    (`status`, `faces`, `used_landmarks`, `box`, `score`, `landmarks`); `.align_all_batch` returns
+    every face of each image. `no_face` images are center-cropped too; callers decide whether to keep them.
     """
 
     def __init__(self, detector=None, score_threshold: float = 0.5, nms_threshold: float = 0.4,
@@ -166,20 +166,24 @@ class FaceAligner:
                         [_rounded(p) for p in row[5:15].reshape(5, 2)])
         return aligned, info.to_dict()
 
-    def align_all(self, image_bgr: np.ndarray, size: int = 112) -> list[tuple[np.ndarray, dict]]:
-        """Every detected face (main face first); one center crop when there is no detector."""
+    def align_all_batch(self, images: list[np.ndarray], size: int = 112) -> list[list[tuple[np.ndarray, dict]]]:
+        """Every detected face of each image (main face first), detected in one batch; one
+        center crop per image when there is no detector."""
         if self.detector is None:
-            return [self.align(image_bgr, size)]
-        dets = self.detect(image_bgr)
-        if len(dets) == 0:
-            return []
-        main = main_face_index(dets)
-        order = [main] + [j for j in range(len(dets)) if j != main]
-        faces = []
-        for j in order:
-            row = dets[j]
-            aligned, used = align_face(image_bgr, row[5:15], size, self.center_crop)
-            info = FaceInfo("ok", len(dets), used, _rounded(row[:4]), round(float(row[4]), 4),
-                            [_rounded(p) for p in row[5:15].reshape(5, 2)])
-            faces.append((aligned, info.to_dict()))
-        return faces
+            return [[self.align(image, size)] for image in images]
+        batch = self.detector.detect_batch(images, score_threshold=self.score_threshold,
+                                           nms_threshold=self.nms_threshold)
+        found = []
+        for image, dets in zip(images, batch):
+            dets = np.asarray(dets, np.float32).reshape(-1, 15)
+            order = [main_face_index(dets)] if len(dets) else []
+            order += [j for j in range(len(dets)) if j not in order]
+            faces = []
+            for j in order:
+                row = dets[j]
+                aligned, used = align_face(image, row[5:15], size, self.center_crop)
+                info = FaceInfo("ok", len(dets), used, _rounded(row[:4]), round(float(row[4]), 4),
+                                [_rounded(p) for p in row[5:15].reshape(5, 2)])
+                faces.append((aligned, info.to_dict()))
+            found.append(faces)
+        return found

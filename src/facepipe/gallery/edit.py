@@ -25,12 +25,16 @@ def _save_in_place(gallery: Gallery, gallery_dir: Path, change: dict) -> None:
     save_replacing(gallery, gallery_dir, report)
 
 
-def add_identities(gallery_dir, data_dir, recognizer_path, detector_path=None, replace: bool = False) -> dict:
-    """Enrol the identity folders in `data_dir` into an existing gallery (no rebuild of the rest)."""
+def add_identities(gallery_dir, data_dir, recognizer_path, detector_path=None, replace: bool = False,
+                   models=None) -> dict:
+    """Enrol the identity folders in `data_dir` into an existing gallery (no rebuild of the rest).
+
+    `models`: an already loaded `(recognizer, aligner)` pair (the service's), used instead of the paths.
+    """
     gallery_dir = Path(gallery_dir)
     gallery = Gallery.load(gallery_dir, verify=True)
     cfg = from_dict(GalleryConfig, gallery.meta["config"], source=str(gallery_dir / "gallery.json"))
-    recognizer, aligner = load_models(recognizer_path, detector_path, cfg)
+    recognizer, aligner = models or load_models(recognizer_path, detector_path, cfg)
     gallery.check_recognizer(recognizer.digest, recognizer.embedding_size, recognizer_path)
     names, emb, labels, records, report = enrol(cfg, data_dir, recognizer, aligner, desc="adding")
     if not names:

@@ -83,49 +83,83 @@ def annotate(image: np.ndarray, faces: list[dict]) -> np.ndarray:
     return out
 
 
+class Matcher:
+    """The online half, loaded once: aligner (detector), recognizer, gallery and threshold.
+
+    `recognize` (a folder of photos) and `facepipe serve` (HTTP requests) find and name faces
+    through it, so both give the same answer for the same image.
+    """
+
+    def __init__(self, cfg: RecognizeConfig, gallery_dir, detector_path, recognizer_path):
+        from facepipe.gallery.align import FaceAligner
+        from facepipe.gallery.store import Gallery
+        from facepipe.recognition.embed import Recognizer
+
+        self.cfg = cfg
+        self.gallery = Gallery.load(gallery_dir, verify=True)
+        self.recognizer = Recognizer.load(str(recognizer_path), device=cfg.device)
+        self.gallery.check_recognizer(self.recognizer.digest, self.recognizer.embedding_size, recognizer_path)
+        if self.threshold() is None:
+            raise ConfigError("the gallery has no calibrated threshold (it was built from a single identity); "
+                              "set one with --set threshold=0.4")
+        self.aligner = FaceAligner(detector_path, score_threshold=cfg.score_threshold,
+                                   nms_threshold=cfg.nms_threshold,
+                                   center_crop=fallback_crop(cfg.center_crop, self.recognizer), device=cfg.device)
+        self.size = input_size_of(self.recognizer)
+
+    def threshold(self, override: float | None = None) -> float | None:
+        """The request's threshold, else the config's, else the (current) gallery's calibrated one."""
+        for value in (override, self.cfg.threshold, self.gallery.threshold):
+            if value is not None:
+                return float(value)
+        return None
+
+    def find_faces(self, images: list[np.ndarray]) -> list[list[tuple[np.ndarray, dict]]]:
+        """Every face of each image as `(aligned, face record)`, detected in one batch."""
+        found = self.aligner.align_all_batch(images, self.size)
+        return [[(aligned, {"box": info["box"], "detector_score": info["score"], "landmarks": info["landmarks"],
+                            "alignment": "landmarks" if info["used_landmarks"] else "center_crop"})
+                 for aligned, info in faces] for faces in found]
+
+    def name_faces(self, faces: list[dict], aligned: list[np.ndarray], top_k: int | None = None,
+                   threshold: float | None = None) -> None:
+        """Embed the aligned faces in one pass and fill in each record's identity, similarity, top_k."""
+        if not faces:
+            return
+        gallery, threshold = self.gallery, self.threshold(threshold)  # one gallery version per call
+        if threshold is None:
+            raise ConfigError("the gallery has no calibrated threshold (one identity left); pass a threshold")
+        emb = self.recognizer.embed(np.stack(aligned))
+        scores, ids = gallery.search(emb, top_k or self.cfg.top_k)
+        for face, row_s, row_i in zip(faces, scores, ids):
+            top = [{"identity": gallery.identities[i], "similarity": round(float(s), 4)}
+                   for s, i in zip(row_s, row_i) if i >= 0]
+            best = top[0]["similarity"] if top else -1.0
+            face["identity"] = top[0]["identity"] if top and best >= threshold else UNKNOWN
+            face["similarity"] = best
+            face["top_k"] = top
+
+
 def recognize(cfg: RecognizeConfig, data_dir, gallery_dir, detector_path, recognizer_path, out_dir,
               logger: RunLogger = NullLogger()) -> dict:
     """Recognise every face in `data_dir` (a folder or one image); returns the summary."""
-    from facepipe.gallery.align import FaceAligner, read_image
-    from facepipe.gallery.store import Gallery
-    from facepipe.recognition.embed import Recognizer
+    from facepipe.gallery.align import read_image
 
     t0 = time.time()
     data = Path(data_dir)
     out = Path(out_dir)
     images = list_images(data)
     root = data if data.is_dir() else data.parent
-    gallery = Gallery.load(gallery_dir, verify=True)
-    recognizer = Recognizer.load(str(recognizer_path), device=cfg.device)
-    gallery.check_recognizer(recognizer.digest, recognizer.embedding_size, recognizer_path)
-    threshold = cfg.threshold if cfg.threshold is not None else gallery.threshold
-    if threshold is None:
-        raise ConfigError("the gallery has no calibrated threshold (it was built from a single identity); "
-                          "set one with --set threshold=0.4")
-    aligner = FaceAligner(detector_path, score_threshold=cfg.score_threshold,
-                          nms_threshold=cfg.nms_threshold, center_crop=fallback_crop(cfg.center_crop, recognizer),
-                          device=cfg.device)
-    size = input_size_of(recognizer)
+    matcher = Matcher(cfg, gallery_dir, detector_path, recognizer_path)
+    gallery, threshold = matcher.gallery, matcher.threshold()
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)
     results: list[dict] = []
     pending: list[tuple[dict, np.ndarray, list]] = []  # (image result, image, aligned faces)
 
     def resolve() -> None:
-        faces = [f for _, _, aligned in pending for f in aligned]
-        if faces:
-            emb = recognizer.embed(np.stack(faces))
-            scores, ids = gallery.search(emb, cfg.top_k)
-        row = 0
-        for result, image, aligned in pending:
-            for face in result["faces"]:
-                top = [{"identity": gallery.identities[i], "similarity": round(float(s), 4)}
-                       for s, i in zip(scores[row], ids[row]) if i >= 0]
-                best = top[0]["similarity"] if top else -1.0
-                face["identity"] = top[0]["identity"] if top and best >= threshold else UNKNOWN
-                face["similarity"] = best
-                face["top_k"] = top
-                row += 1
+        matcher.name_faces([f for r, _, _ in pending for f in r["faces"]], [a for _, _, al in pending for a in al])
+        for result, image, _ in pending:
             if cfg.annotate:
                 target = out / "annotated" / Path(result["file"]).with_suffix(".jpg")
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -144,13 +178,9 @@ def recognize(cfg: RecognizeConfig, data_dir, gallery_dir, detector_path, recogn
                 progress.update(1)
                 continue
             result["height"], result["width"] = image.shape[:2]
-            aligned = []
-            for face, info in aligner.align_all(image, size):
-                aligned.append(face)
-                result["faces"].append({
-                    "box": info["box"], "detector_score": info["score"], "landmarks": info["landmarks"],
-                    "alignment": "landmarks" if info["used_landmarks"] else "center_crop"})
-            pending.append((result, image, aligned))
+            found = matcher.find_faces([image])[0]
+            result["faces"] = [info for _, info in found]
+            pending.append((result, image, [aligned for aligned, _ in found]))
             if sum(len(a) for _, _, a in pending) >= cfg.batch_size:
                 resolve()
             progress.update(1, faces=sum(len(r["faces"]) for r in results))
@@ -165,8 +195,8 @@ def recognize(cfg: RecognizeConfig, data_dir, gallery_dir, detector_path, recogn
         "unreadable": [r["file"] for r in results if "error" in r],
         "identities_seen": {n: named.count(n) for n in sorted(set(named))},
         "threshold": threshold, "threshold_source": "config" if cfg.threshold is not None else "gallery",
-        "gallery": str(gallery_dir), "recognizer_digest": recognizer.digest,
-        "detector_digest": aligner.digest, "seconds": round(time.time() - t0, 2),
+        "gallery": str(gallery_dir), "recognizer_digest": matcher.recognizer.digest,
+        "detector_digest": matcher.aligner.digest, "seconds": round(time.time() - t0, 2),
     }
     (out / "results.json").write_text(json.dumps({"summary": summary, "config": to_dict(cfg),
                                                   "images": results}, indent=1, ensure_ascii=False))

@@ -131,13 +131,14 @@ class _ChildRun:
     def label(self) -> str:
         return self.run_id or ("spooled for the runner" if self.spool else "(tracking off)")
 
-    def register_model(self, artifact_path: str, name: str) -> None:
+    def log_model(self, kind: str, files: Mapping[str, str | None], name: str) -> None:
         if self.spool:
-            self.spool.event("register", artifact_path=artifact_path, name=name)
+            self.spool.event("model", kind=kind, files={k: v and str(Path(v).resolve()) for k, v in files.items()},
+                             name=name)
             return
         from facepipe import tracking
 
-        version = tracking.register_model(self.run_id, artifact_path, name)
+        version = tracking.log_model(self.run_id, kind, files, name)
         self.logger.set_tags({"facepipe.registered_model": f"{name}/{getattr(version, 'version', version)}"})
 
     def finish(self, status: str) -> None:
@@ -210,8 +211,8 @@ def replay_spool(spool: str | Path) -> list[str]:
                 logger.log_artifact(e["path"], e["artifact_path"])
             elif e["op"] == "tags":
                 client.log_batch(run_id, tags=[RunTag(k, v) for k, v in e["tags"].items()])
-            elif e["op"] == "register":
-                version = tracking.register_model(run_id, e["artifact_path"], e["name"])
+            elif e["op"] == "model":
+                version = tracking.log_model(run_id, e["kind"], e["files"], e["name"])
                 logger.set_tags({"facepipe.registered_model": f"{e['name']}/{version.version}"})
             elif e["op"] == "end":
                 status = e["status"]
@@ -293,7 +294,7 @@ def run_step(step: str, config: Mapping[str, Any], inputs_by_arg: Mapping[str, s
                     if (out / name).exists():
                         child.logger.log_artifact(out / name)
                 if record.registered_model:
-                    _register(child, out, record.registered_model)
+                    _register(child, record, out, local)
             if output_uri:
                 target = f"{output_uri.rstrip('/')}/{step}"
                 storage.upload(str(out), target)
@@ -314,11 +315,11 @@ def _record_timing(step: str, seconds: float) -> None:
             f.write(json.dumps({"step": step, "seconds": seconds}) + "\n")
 
 
-def _register(child: _ChildRun, out: Path, name: str) -> None:
-    for file in ("model.pt", "model.onnx", "metrics.json"):
-        if (out / file).exists():
-            child.logger.log_artifact(out / file, "model")
-    child.register_model("model", name)
+def _register(child: _ChildRun, record, out: Path, local: Mapping[str, str | None]) -> None:
+    """The step's output as an MLflow model: a trained model.pt, or the gallery with its two models."""
+    files = ({"gallery": str(out), "detector": local.get("detector_path"), "recognizer": local["recognizer_path"]}
+             if record.output == "gallery" else {"model": str(out / "model.pt")})
+    child.log_model(record.output, files, record.registered_model)
 
 
 def localize_data(data_uri: str, dest: str) -> None:
