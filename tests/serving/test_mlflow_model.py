@@ -13,12 +13,8 @@ import requests
 def sqlite_store(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return uri
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)  # through the environment only: mlflow.set_*_uri
+    return uri                                      # would stay set for every later test
 
 
 def test_recognize_model_through_the_spool_answers_as_the_service(serve, people, gallery_dir, untrained_recognizer,
