@@ -353,10 +353,29 @@ def _register(child: _ChildRun, out: Path, name: str) -> None:
     child.register_model("model", name)
 
 
-def localize_data(data_uri: str, dest: str) -> None:
-    """Given data for the pipeline: copy/download `data_uri` into the `dest` artifact folder."""
-    from facepipe import storage
+def run_component(step: str, args: Mapping[str, Any], hosts: tuple[str, ...] = ()) -> None:
+    """The body of every generated component (`params.component`): its typed inputs -> `run_step`.
 
-    if not data_uri:
-        raise FacepipeError("localize_data needs a data URI")
-    storage.download(data_uri, dest)
+    A hosted step (synth in the pack task) writes the artifact its host reads, unless `data_uri`
+    names given data, which is copied/downloaded into that artifact instead.
+    """
+    from facepipe import storage
+    from facepipe.orchestration.params import step_parameters
+
+    config = lambda s: {p.key: args[p.name] for p in step_parameters(s)}
+    run = {"parent_run_id": args["mlflow_parent_run_id"], "output_uri": args["output_uri"]}
+    paths = {}
+    for hosted in hosts:
+        out = paths[STEPS[hosted].output] = args[STEPS[hosted].output].path
+        if args["data_uri"]:
+            storage.download(args["data_uri"], out)
+        else:
+            run_step(hosted, config(hosted), {}, out, **run)
+    record = STEPS[step]
+    if record.in_pipeline:
+        paths.update({p.artifact: args[p.artifact].path for p in record.inputs if p.artifact not in paths})
+        inputs = record.local_inputs(paths)
+    else:  # a standalone step: URIs, localized by facepipe.edge
+        inputs = {p.arg: args[f"{p.artifact}_uri"] for p in record.inputs}
+    run_step(step, config(step), inputs, args[record.output].path, metrics=args["metrics"], report=args["report"],
+             **run)
