@@ -34,7 +34,7 @@ def compile_pipeline(out: str | Path, lock: str | Path | None = None) -> Path:
     if bad:
         out.unlink()
         raise FacepipeError(f"{out}: placeholders inside struct/list constants at {bad[:5]}; pass each value as "
-                            f"its own typed input (facepipe.orchestration.params.component)")
+                            f"its own typed input (components.component)")
     return out
 
 

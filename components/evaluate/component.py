@@ -1,6 +1,6 @@
 """KFP component `evaluate`: verification, identification and detection metrics of the trained pipeline."""
 
-from facepipe.orchestration.params import component
+from components import component
 
-# Generated from the Step record: one typed input per config key (`evaluate__<key>`), see params.component.
+# Generated from the Step record: one typed input per config key (`evaluate__<key>`), see components/__init__.py.
 evaluate = component("evaluate")

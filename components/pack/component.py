@@ -1,6 +1,6 @@
 """KFP component `pack`: the pipeline's data source (given data or synthesized) packed into RecordIO."""
 
-from facepipe.orchestration.params import component
+from components import component
 
-# Generated from the Step record: one typed input per config key (`pack__<key>`), see params.component.
+# Generated from the Step record: one typed input per config key (`pack__<key>`), see components/__init__.py.
 pack = component("pack", hosts=("synth",))

@@ -108,7 +108,8 @@ def test_a_step_in_its_container_sees_hostile_strings_exactly(pushed, sandbox, t
     import kfp.local
 
     from facepipe.orchestration.local import docker_runner
-    from facepipe.orchestration.params import component, step_parameters
+    from components import component
+    from facepipe.orchestration.params import step_parameters
 
     prefix = '["lfw.bin", "naïve ü 😀"]\n"quoted"'
     parent = 'parent "run" \\ back\\\\slash\nline ü ["a", "b\\"c"]'

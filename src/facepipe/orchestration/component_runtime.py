@@ -1,12 +1,12 @@
 """What every KFP component does around its step: config, checkpoint scratch, MLflow child run, report, publish.
 
-Components (components/<step>/component.py) are thin: they import this module inside their body
-and call `run_step` with their inputs keyed by port arg: local paths (KFP gives artifacts as local
+Components (components/<step>/component.py, generated) call `run_component`, which calls
+`run_step` with their inputs keyed by port arg: local paths (KFP gives artifacts as local
 paths, also on a cluster where the launcher copies them from the s3:// pipeline root) or URIs, which
 `facepipe.edge` localizes. The step function itself stays pure.
 
-- Config: the component receives its step's flat keys as one dict of pipeline parameter values;
-  `params.decode_config` turns them back into the typed, validated config.
+- Config: the component receives one typed input per config key (`<step>__<key>`, strings for
+  lists/optionals); `run_component` gathers them, `params.decode_config` makes the typed config.
 - Resume: with `FACEPIPE_SCRATCH_DIR` set (`facepipe run` sets it to runs/scratch; on a cluster
   point it at a volume), the step writes into a scratch folder keyed by step, config and inputs,
   which survives a killed attempt; the next attempt (KFP retry or a rerun with the same
@@ -354,7 +354,7 @@ def _register(child: _ChildRun, out: Path, name: str) -> None:
 
 
 def run_component(step: str, args: Mapping[str, Any], hosts: tuple[str, ...] = ()) -> None:
-    """The body of every generated component (`params.component`): its typed inputs -> `run_step`.
+    """The body of every generated component (`components.component`): its typed inputs -> `run_step`.
 
     A hosted step (synth in the pack task) writes the artifact its host reads, unless `data_uri`
     names given data, which is copied/downloaded into that artifact instead.

@@ -14,13 +14,10 @@ executed: kfp.local's cache hands back the earlier run's artifacts. That is how 
 upstream artifacts without recomputing them; `rerun` disables the cache only for the step it
 reruns, and its downstream steps execute because their inputs changed.
 
-Runners: `subprocess` (default) runs each task as a process of this interpreter (the image is
-only a name); `docker` runs each task's spec command (`sh -ec ...`) in its image, the one the
-images lock names for it (FACEPIPE_IMAGES_LOCK, else images/images.lock.json), through
-kfp.local's DockerRunner on the engine at DOCKER_HOST: the runs folder (pipeline root, cache,
-scratch, tracking spool) and local data/output paths are bind-mounted at the same paths, the
-container runs as this user on the host network, credentials and MLflow settings reach it as
-environment (the stand-in for the cluster's secrets), GPUs only when the host has them.
+Runners: `subprocess` (default): each task a process of this interpreter (the image only a name);
+`docker`: each task's spec command in the image the images lock names (kfp.local's DockerRunner),
+the runs folder and local data/output bind-mounted at the same paths, as this user on the host
+network, credentials/MLflow settings as environment, GPUs when the host has them (docs/pipeline.md).
 """
 
 from __future__ import annotations

@@ -88,22 +88,19 @@ def step_parameters(step: str) -> list[Parameter]:
         else:
             raise ConfigError(f"{cls.__name__}.{f.name} has no default; every pipeline parameter needs one")
         kind, encoded = _kfp_kind(hints[f.name])
-        out.append(Parameter(parameter_name(step, f.name), step, f.name, kind, encode(default, encoded), encoded,
-                             _describe(step, f, hints[f.name], encoded)))
+        value = encode(default, encoded)
+        out.append(Parameter(parameter_name(step, f.name), step, f.name, kind, value, encoded,
+                             _describe(step, f, value, encoded)))
     return out
 
 
-def _describe(step: str, f: dataclasses.Field, typ, encoded: bool) -> str:
-    meta = f.metadata
-    parts = [meta.get("help") or f"{step} config key {f.name}"]
-    if "choices" in meta:
-        parts.append(f"one of {meta['choices']}")
-    if meta.get("low") is not None or meta.get("high") is not None:
-        parts.append(f"range {meta.get('low', '')}..{meta.get('high') if meta.get('high') is not None else ''}")
-    if encoded:  # the documented string encoding (module docstring)
-        text = json.dumps(encode(f.default_factory() if f.default is dataclasses.MISSING else f.default, True))
-        parts.append(f"text: lists/dicts as JSON (default {text}), empty means None")
-    return "; ".join(str(p) for p in parts)
+def _describe(step: str, f: dataclasses.Field, default: Any, encoded: bool) -> str:
+    """What KFP shows for a parameter: the key's help, its choices or range, the string encoding."""
+    meta, low, high = f.metadata, f.metadata.get("low"), f.metadata.get("high")
+    parts = [meta.get("help") or f"{step} config key {f.name}"] + ([f"one of {meta['choices']}"] if "choices" in meta else [])
+    parts += [f"range {'' if low is None else low}..{'' if high is None else high}"] if (low, high) != (None, None) else []
+    parts += [f"text: lists/dicts as JSON (default {json.dumps(default)}), empty means None"] if encoded else []
+    return "; ".join(parts)
 
 
 def pipeline_parameters(steps: Iterable[str]) -> list[Parameter]:
@@ -138,9 +135,6 @@ class Arguments:
     def __init__(self, steps: Iterable[str]):
         self.steps = list(steps)
         self.parameters = {p.name: p for p in pipeline_parameters(self.steps)}
-
-    def valid_names(self) -> list[str]:
-        return [f"{p.step}.{p.key}" for p in self.parameters.values()]
 
     def name_for(self, dotted: str, where: str) -> str:
         """`step.key`, `step__key` or `pipeline.key`/`key` for run-level ones -> parameter name."""
@@ -205,67 +199,3 @@ class Arguments:
     def config(self, step: str, values: dict[str, Any]):
         keyed = {p.key: values[p.name] for p in self.parameters.values() if p.step == step}
         return decode_config(step, keyed)
-
-    def changed(self, old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-        return {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
-
-
-_ARTIFACT_CLASSES = {"dataset": "Dataset", "model": "Model", "artifact": "Artifact"}
-
-
-def component(step: str, hosts: tuple[str, ...] = ()):
-    """The step's KFP component, generated from its record: one typed input per config key.
-
-    Inputs: the step's input artifacts (a standalone step such as recognize takes `<artifact>_uri`
-    strings instead), `output_uri`, `mlflow_parent_run_id`, and `<step>__<key>` for every config key
-    of the step and of the steps it `hosts` (pack hosts synth; then also `data_uri`), each with its
-    default and description. Outputs: the steps' artifacts, `metrics` and `report`. KFP runs a
-    component from its function's source text (in the image, not this process), so the function
-    is written out as source (registered with linecache for `inspect.getsource`); its body hands
-    everything to `component_runtime.run_component`.
-    """
-    import linecache
-
-    from kfp import dsl
-
-    from facepipe.orchestration.images import image_reference
-
-    record, kinds = STEPS[step], {s.output: s.output_kind for s in STEPS.values()}
-    required, optional, docs = [], [], []
-
-    def arg(name: str, annotation: str, help: str, default: Any = dataclasses.MISSING) -> None:
-        if default is dataclasses.MISSING:
-            required.append(f"{name}: {annotation}")
-        else:
-            optional.append(f"{name}: {annotation} = {default!r}")
-        docs.append(f"        {name}: {' '.join(help.split())}")
-
-    fed_by_hosts = {STEPS[h].output for h in hosts}
-    for port in {p.artifact: p for p in record.inputs if p.artifact not in fed_by_hosts}.values():
-        if record.in_pipeline:
-            arg(port.artifact, f"Input[{_ARTIFACT_CLASSES[kinds[port.artifact]]}]",
-                port.help or f"the {port.artifact} artifact")
-        else:
-            arg(f"{port.artifact}_uri", "str", f"{port.help or port.artifact}; a path, file://, s3:// or obs:// URI"
-                + ("; empty: none" if port.optional else ""))
-    for s in hosts + (step,):
-        arg(STEPS[s].output, f"Output[{_ARTIFACT_CLASSES[STEPS[s].output_kind]}]", f"what {s} writes")
-    arg("metrics", "Output[Metrics]", "the step's final numbers")
-    arg("report", "Output[HTML]", "a page with the metrics, plots and config")
-    for name, (default, help) in RUN_PARAMETERS.items():
-        if name != "data_uri" or hosts:
-            arg(name, "str", help, default)
-    for s in hosts + (step,):
-        for p in step_parameters(s):
-            arg(p.name, p.kind.__name__, p.help, p.default)
-    doc = record.help + ("" if not hosts else f" (hosting {', '.join(hosts)}: given data_uri or generated)")
-    source = (f"def {step}({', '.join(required + optional)}):\n"
-              f'    """{doc}.\n\n    Args:\n' + "\n".join(docs).replace("\\", "\\\\").replace('"""', "'''") +
-              '\n    """\n    from facepipe.orchestration.component_runtime import run_component\n\n'
-              f"    run_component({step!r}, locals(), hosts={hosts!r})\n")
-    filename = f"<facepipe component {step}>"
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    namespace = {"__name__": f"components.{step}.component", **{n: getattr(dsl, n) for n in (
-        "Input", "Output", "Dataset", "Model", "Artifact", "Metrics", "HTML")}}
-    exec(compile(source, filename, "exec", dont_inherit=True), namespace)  # no PEP 563 string annotations
-    return dsl.component(base_image=image_reference(record.image), install_kfp_package=False)(namespace[step])
