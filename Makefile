@@ -12,7 +12,7 @@ TORCH_VARIANT ?= cpu
 IMAGES_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast test-containers compile images push-images mlflow-ui bench clean
+.PHONY: setup demo demo-containers test test-fast test-containers compile images push-images mlflow-ui bench clean
 
 # The environment: pinned versions from requirements.lock; torch is the local CPU wheel
 # (a bare `torch` requirement would pull a multi-GB CUDA build).
@@ -27,6 +27,11 @@ setup: $(BIN)/.stamp
 
 demo: setup
 	$(BIN)/facepipe run --job jobs/demo.yaml
+
+# The same pipeline, each step in its image (kfp.local's DockerRunner); without a configured Docker
+# engine, images/demo.py starts a sandbox engine + registry, pushes the images there, stops both by PID.
+demo-containers: setup
+	$(BIN)/python -m images.demo --job jobs/demo.yaml $(DEMO_ARGS)
 
 test: setup
 	bash scripts/test.sh $(PYTEST_ARGS)

@@ -32,12 +32,10 @@ def kfp_local(tmp_path, monkeypatch):
 
 
 def step_values(step: str, **overrides) -> dict:
-    """A component's config dict as the pipeline passes it: every key, defaults overridden."""
+    """A component's `<step>__<key>` inputs as the pipeline passes them: every key, defaults overridden."""
     from facepipe.orchestration.params import step_parameters
 
-    values = {p.key: p.default for p in step_parameters(step)}
-    values.update(overrides)
-    return values
+    return {p.name: overrides.get(p.key, p.default) for p in step_parameters(step)}
 
 
 TINY_JOB = project_file("jobs/tiny.yaml")
@@ -53,12 +51,12 @@ def tiny_config(step: str, **overrides):
 
 
 def tiny_values(step: str, **overrides) -> dict:
-    """tiny_config as the component's config dict."""
+    """tiny_config as the component's `<step>__<key>` inputs."""
     from facepipe.config import to_dict
     from facepipe.orchestration.params import encode, step_parameters
 
     cfg = to_dict(tiny_config(step, **overrides))
-    return {p.key: encode(cfg[p.key], p.encoded) for p in step_parameters(step)}
+    return {p.name: encode(cfg[p.key], p.encoded) for p in step_parameters(step)}
 
 
 @pytest.fixture(scope="session")

@@ -1,18 +1,22 @@
 """`python -m pipeline.compile --out pipeline.yaml [--lock images/images.lock.json]`: write the pipeline spec.
 
 Deterministic: the same code, configs and images lock give a byte-identical file (the tests
-compare a fresh compile with the committed pipeline.yaml).
+compare a fresh compile with the committed pipeline.yaml). A spec with a `{{$...}}` placeholder
+inside a struct or list constant is refused: a KFP backend's launcher fills placeholders by plain
+text replacement, so a value holding `"` or `\\` would break that JSON (docs/pipeline.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
 
 def compile_pipeline(out: str | Path, lock: str | Path | None = None) -> Path:
+    from facepipe.errors import FacepipeError
     from facepipe.orchestration import images
 
     if lock:
@@ -26,7 +30,34 @@ def compile_pipeline(out: str | Path, lock: str | Path | None = None) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(build_pipeline(), str(out))
+    bad = placeholders_in_constants(out.read_text())
+    if bad:
+        out.unlink()
+        raise FacepipeError(f"{out}: placeholders inside struct/list constants at {bad[:5]}; pass each value as "
+                            f"its own typed input (components.component)")
     return out
+
+
+def placeholders_in_constants(spec_text: str) -> list[str]:
+    """Paths of struct/list constants (or defaults) that hold a `{{$...}}` placeholder."""
+    import yaml
+
+    found: list[str] = []
+
+    def walk(node, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("constant", "defaultValue") and isinstance(value, (dict, list)) \
+                        and "{{$" in json.dumps(value):
+                    found.append(f"{path}.{key}")
+                walk(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}[{i}]")
+
+    for i, doc in enumerate(yaml.safe_load_all(spec_text)):
+        walk(doc, f"document{i}")
+    return found
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from kfp import dsl, kubernetes
 
-from facepipe.orchestration.params import RUN_PARAMETERS, pipeline_parameters
+from facepipe.orchestration.params import RUN_PARAMETERS, pipeline_parameters, step_parameters
 from facepipe.steps import PIPELINE_STEPS, STEPS, Step
 
 PIPELINE_NAME = "facepipe"
@@ -54,8 +54,8 @@ def _cluster_settings(task: dsl.PipelineTask, step: Step) -> dsl.PipelineTask:
     return task
 
 
-def _step_config(values: dict, step: str) -> dict:
-    return {p.key: values[p.name] for p in pipeline_parameters([step]) if p.step == step}
+def _step_values(values: dict, step: str) -> dict:
+    return {p.name: values[p.name] for p in step_parameters(step)}
 
 
 def _outputs_type():
@@ -73,10 +73,10 @@ def _body(values: dict):
         component = getattr(importlib.import_module(f"components.{name}.component"), name)
         hosted = [s for s, host in HOSTED.items() if host == name]
         if hosted:  # the pack task: its data source is the hosted step or data_uri, no input artifact
-            inputs = {f"{s}_config": _step_config(values, s) for s in hosted + [name]}
+            inputs = {k: v for s in hosted + [name] for k, v in _step_values(values, s).items()}
             inputs["data_uri"] = values["data_uri"]
         else:
-            inputs = {"config": _step_config(values, name)} | {p.artifact: artifacts[p.artifact] for p in step.inputs}
+            inputs = _step_values(values, name) | {p.artifact: artifacts[p.artifact] for p in step.inputs}
         task = _cluster_settings(component(**inputs, **run), step)
         artifacts.update({STEPS[s].output: task.outputs[STEPS[s].output] for s in hosted + [name]})
     return _outputs_type()(**artifacts, metrics=task.outputs["metrics"], report=task.outputs["report"])

@@ -45,7 +45,7 @@ def test_step_functions_on_a_temp_folder(tmp_path):
 def test_component_synthesizes_and_packs_through_kfp_local(kfp_local):
     from components.pack.component import pack
 
-    task = pack(synth_config=step_values("synth", **TINY_SYNTH), pack_config=step_values("pack", size=64),
+    task = pack(**step_values("synth", **TINY_SYNTH), **step_values("pack", size=64),
                 data_uri="", output_uri="", mlflow_parent_run_id="")
     images, records = Path(task.outputs["images"].path), Path(task.outputs["records"].path)
     assert len(list((images / "faces").iterdir())) == TINY_SYNTH["identities"]
@@ -59,7 +59,7 @@ def test_component_synthesizes_and_packs_through_kfp_local(kfp_local):
 def test_component_packs_given_data(kfp_local, synth_small):
     from components.pack.component import pack
 
-    task = pack(synth_config=step_values("synth"), pack_config=step_values("pack", size=64),
+    task = pack(**step_values("synth"), **step_values("pack", size=64),
                 data_uri=str(synth_small), output_uri="", mlflow_parent_run_id="")
     assert json.loads(Path(task.outputs["metrics"].path).read_text())["images_packed"] == given_faces(synth_small)
     assert len(packed_faces(Path(task.outputs["records"].path))) == given_faces(synth_small)
@@ -69,7 +69,7 @@ def test_bad_config_value_names_the_key():
     from facepipe.orchestration.params import decode_config
 
     with pytest.raises(ConfigError, match="size"):
-        decode_config("pack", step_values("pack", size="big"))
+        decode_config("pack", {"size": "big"})
 
 
 def test_component_reads_obs_and_publishes_to_s3(kfp_local, synth_small, obs_env, s3_env):
@@ -80,7 +80,7 @@ def test_component_reads_obs_and_publishes_to_s3(kfp_local, synth_small, obs_env
     obs_env.create_bucket("pack-in")
     s3_env.create_bucket("pack-out")
     storage.upload(synth_small, "obs://pack-in/small")
-    task = pack(synth_config=step_values("synth"), pack_config=step_values("pack", size=64),
+    task = pack(**step_values("synth"), **step_values("pack", size=64),
                 data_uri="obs://pack-in/small", output_uri="s3://pack-out/run", mlflow_parent_run_id="")
     assert json.loads(Path(task.outputs["metrics"].path).read_text())["images_packed"] == given_faces(synth_small)
     assert storage.is_complete("s3://pack-out/run/pack")

@@ -43,7 +43,7 @@ def test_component_through_kfp_local(kfp_local, tiny_data, tiny_models, face_gal
     from components.recognize.component import recognize
 
     probe = sorted((tiny_data / "faces").iterdir())[-1]
-    task = run_component(kfp_local, recognize, {}, config=tiny_values("recognize"), images_uri=probe.as_uri(),
+    task = run_component(kfp_local, recognize, {}, **tiny_values("recognize"), images_uri=probe.as_uri(),
                          gallery_uri=str(face_gallery), detector_uri="", recognizer_uri=str(tiny_models[1]),
                          output_uri="", mlflow_parent_run_id="")
     matches = best_matches(task / "results")

@@ -100,3 +100,38 @@ def test_credentials_never_reach_the_spec(tmp_path):
     assert done.returncode == 0, done.stderr
     assert secret not in (tmp_path / "p.yaml").read_text()
     assert secret not in COMMITTED.read_text()
+
+
+def test_no_placeholder_inside_a_struct_or_list_constant():
+    from pipeline.compile import placeholders_in_constants
+
+    assert placeholders_in_constants(COMMITTED.read_text()) == []
+    # What the spec looked like with one `config` struct per task: refused.
+    placeholder = "{{$.inputs.parameters['pipelinechannel--evaluate__batch_size']}}"
+    config = {"runtimeValue": {"constant": {"batch_size": placeholder}}}
+    old = {"root": {"dag": {"tasks": {"evaluate": {"inputs": {"parameters": {"config": config}}}}}}}
+    assert placeholders_in_constants(yaml.safe_dump(old)) == [
+        "document0.root.dag.tasks.evaluate.inputs.parameters.config.runtimeValue.constant"]
+
+
+def test_every_component_input_is_typed_and_described():
+    from facepipe.orchestration.params import step_parameters
+    from facepipe.steps import STEPS
+
+    spec = list(yaml.safe_load_all(COMMITTED.read_text()))[0]
+    for task_name, task in spec["root"]["dag"]["tasks"].items():
+        component = spec["components"][task["componentRef"]["name"]]
+        params = component["inputDefinitions"]["parameters"]
+        for name, body in params.items():
+            assert body["parameterType"] in ("STRING", "NUMBER_INTEGER", "NUMBER_DOUBLE", "BOOLEAN"), name
+            assert body.get("description"), f"{task_name}.{name} has no description"
+        step = task_name.replace("-", "_")
+        keys = {p.name for p in step_parameters(step)} | ({p.name for p in step_parameters("synth")}
+                                                          if step == "pack" else set())
+        assert keys <= set(params), sorted(keys - set(params))
+        # Every value arrives as its own pipeline parameter, never inside a constant.
+        for name, value in task["inputs"]["parameters"].items():
+            assert value == {"componentInputParameter": name}, (task_name, name, value)
+    help_text = STEPS["train_recognition"].config_class().__dataclass_fields__["lr_steps"].metadata["help"]
+    lr_steps = spec["components"]["comp-train-recognition"]["inputDefinitions"]["parameters"]["train_recognition__lr_steps"]
+    assert help_text in lr_steps["description"] and "JSON" in lr_steps["description"]

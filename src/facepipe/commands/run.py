@@ -1,4 +1,4 @@
-"""`facepipe run [--job jobs/NAME.yaml] [--set step.key=value ...]`: the whole pipeline on this machine (kfp.local)."""
+"""`facepipe run [--job jobs/NAME.yaml] [--set step.key=value ...] [--runner docker]`: the whole pipeline on this machine (kfp.local)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ def add_common(parser) -> None:
     parser.add_argument("--pipeline", help="compiled spec to run (default: the project's pipeline.yaml)")
     parser.add_argument("--experiment", default="facepipe", help="MLflow experiment (default: facepipe)")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    parser.add_argument("--runner", choices=["subprocess", "docker"],
+                        help="subprocess (default for run; rerun: the earlier run's): tasks as local processes; "
+                             "docker: each task in its image from the images lock, on the engine at DOCKER_HOST")
 
 
 def add_arguments(parser) -> None:
@@ -67,6 +70,6 @@ def run(args) -> int:
         sets.append(f"pipeline.output_uri={args.output}")
     job = args.job or local.DEFAULT_JOB
     record = local.run_local(job, sets, pipeline=args.pipeline, root=args.runs_dir, experiment=args.experiment,
-                             track=not args.no_track, retries=args.retry)
+                             track=not args.no_track, retries=args.retry, runner=args.runner or "subprocess")
     print_summary(record, local.runs_dir(args.runs_dir))
     return 0

@@ -1,12 +1,12 @@
 """What every KFP component does around its step: config, checkpoint scratch, MLflow child run, report, publish.
 
-Components (components/<step>/component.py) are thin: they import this module inside their body
-and call `run_step` with their inputs keyed by port arg: local paths (KFP gives artifacts as local
+Components (components/<step>/component.py, generated) call `run_component`, which calls
+`run_step` with their inputs keyed by port arg: local paths (KFP gives artifacts as local
 paths, also on a cluster where the launcher copies them from the s3:// pipeline root) or URIs, which
 `facepipe.edge` localizes. The step function itself stays pure.
 
-- Config: the component receives its step's flat keys as one dict of pipeline parameter values;
-  `params.decode_config` turns them back into the typed, validated config.
+- Config: the component receives one typed input per config key (`<step>__<key>`, strings for
+  lists/optionals); `run_component` gathers them, `params.decode_config` makes the typed config.
 - Resume: with `FACEPIPE_SCRATCH_DIR` set (`facepipe run` sets it to runs/scratch; on a cluster
   point it at a volume), the step writes into a scratch folder keyed by step, config and inputs,
   which survives a killed attempt; the next attempt (KFP retry or a rerun with the same
@@ -322,10 +322,29 @@ def _register(child: _ChildRun, record, out: Path, local: Mapping[str, str | Non
     child.log_model(record.output, files, record.registered_model)
 
 
-def localize_data(data_uri: str, dest: str) -> None:
-    """Given data for the pipeline: copy/download `data_uri` into the `dest` artifact folder."""
-    from facepipe import storage
+def run_component(step: str, args: Mapping[str, Any], hosts: tuple[str, ...] = ()) -> None:
+    """The body of every generated component (`components.component`): its typed inputs -> `run_step`.
 
-    if not data_uri:
-        raise FacepipeError("localize_data needs a data URI")
-    storage.download(data_uri, dest)
+    A hosted step (synth in the pack task) writes the artifact its host reads, unless `data_uri`
+    names given data, which is copied/downloaded into that artifact instead.
+    """
+    from facepipe import storage
+    from facepipe.orchestration.params import step_parameters
+
+    config = lambda s: {p.key: args[p.name] for p in step_parameters(s)}
+    run = {"parent_run_id": args["mlflow_parent_run_id"], "output_uri": args["output_uri"]}
+    paths = {}
+    for hosted in hosts:
+        out = paths[STEPS[hosted].output] = args[STEPS[hosted].output].path
+        if args["data_uri"]:
+            storage.download(args["data_uri"], out)
+        else:
+            run_step(hosted, config(hosted), {}, out, **run)
+    record = STEPS[step]
+    if record.in_pipeline:
+        paths.update({p.artifact: args[p.artifact].path for p in record.inputs if p.artifact not in paths})
+        inputs = record.local_inputs(paths)
+    else:  # a standalone step: URIs, localized by facepipe.edge
+        inputs = {p.arg: args[f"{p.artifact}_uri"] for p in record.inputs}
+    run_step(step, config(step), inputs, args[record.output].path, metrics=args["metrics"], report=args["report"],
+             **run)

@@ -13,6 +13,11 @@ A step whose component, image, command and arguments match an earlier successful
 executed: kfp.local's cache hands back the earlier run's artifacts. That is how a rerun reuses
 upstream artifacts without recomputing them; `rerun` disables the cache only for the step it
 reruns, and its downstream steps execute because their inputs changed.
+
+Runners: `subprocess` (default): each task a process of this interpreter (the image only a name);
+`docker`: each task's spec command in the image the images lock names (kfp.local's DockerRunner),
+the runs folder and local data/output bind-mounted at the same paths, as this user on the host
+network, credentials/MLflow settings as environment, GPUs when the host has them (docs/pipeline.md).
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,6 +48,9 @@ DEFAULT_JOB = project_file("jobs/demo.yaml")
 RUNS_ENV = "FACEPIPE_RUNS_DIR"
 EXPERIMENT = "facepipe"
 RUN_RECORD = "run.json"
+RUNNERS = ("subprocess", "docker")
+# What a container gets from this environment (on a cluster: the Kubernetes secrets in pipeline.py).
+PASSED_ENV_PREFIXES = ("AWS_", "OBS_", "MLFLOW_", "FACEPIPE_", "OMP_NUM_THREADS")
 # libyaml when present: the spec is large and the pure-Python parser takes a second on it.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
@@ -128,14 +138,22 @@ class PipelineSpec:
                 f"{self.path} does not match the step configs (missing {missing[:8]}, unexpected {extra[:8]}, "
                 f"type changed {retyped[:8]}): it is stale; run `make compile`")
 
-    def variant(self, no_cache: Iterable[str] = (), retries: bool = False) -> str:
-        """The spec's YAML with caching off for some tasks and (locally) no retries."""
+    def variant(self, no_cache: Iterable[str] = (), retries: bool = False, images: dict | None = None) -> str:
+        """The spec's YAML with caching off for some tasks, (locally) no retries, and each executor's
+        image replaced by the reference `images` (an images lock's entries) has for its name."""
         spec = json.loads(json.dumps(self.spec))
         for name, task in spec["root"]["dag"]["tasks"].items():
             if name in set(no_cache):
                 task["cachingOptions"] = {}
             if not retries:
                 task.pop("retryPolicy", None)
+        for executor in spec["deploymentSpec"]["executors"].values() if images is not None else ():
+            container = executor["container"]
+            name = re.split(r"[@:]", container["image"].rsplit("/", 1)[-1])[0]
+            if name not in images:
+                raise ConfigError(f"{self.path}: image {container['image']!r} has no entry {name!r} in the images "
+                                  f"lock (it has {sorted(images)}); run `make push-images`")
+            container["image"] = images[name]["reference"]
         return yaml.dump_all([spec] + self.documents[1:], Dumper=_YAML_DUMPER, sort_keys=False)
 
 
@@ -151,6 +169,7 @@ class RunRecord:
     arguments: dict[str, Any] = field(default_factory=dict)
     from_run: str | None = None
     rerun_step: str | None = None
+    runner: str = "subprocess"
     steps: dict[str, str] = field(default_factory=dict)      # task -> executed | reused | failed | not run
     outputs: dict[str, str] = field(default_factory=dict)    # pipeline output -> local path
     mlflow: dict[str, str] = field(default_factory=dict)
@@ -258,29 +277,33 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
               pipeline: str | Path | None = None, root: str | Path | None = None,
               base_arguments: dict[str, Any] | None = None, rerun_step: str | None = None,
               from_run: str | None = None, experiment: str = EXPERIMENT, track: bool = True,
-              retries: bool = False, quiet: bool = False) -> RunRecord:
+              retries: bool = False, quiet: bool = False, runner: str = "subprocess") -> RunRecord:
     """Run the compiled pipeline locally; returns its record (also in runs/<id>/run.json)."""
+    if runner not in RUNNERS:
+        raise ConfigError(f"unknown runner {runner!r}; choose one of {list(RUNNERS)}")
     import kfp.local
     from kfp import components
 
     from facepipe.orchestration.component_runtime import PARENT_ENV, SCRATCH_ENV, SPOOL_ENV
-    from facepipe.orchestration.images import image_digests
+    from facepipe.orchestration.images import image_digests, read_lock
 
     spec = PipelineSpec(pipeline or DEFAULT_PIPELINE)
     arguments_model = Arguments(_pipeline_steps(spec))
     spec.check_parameters(arguments_model.parameters)
     values = arguments_model.resolve(job, sets, base=base_arguments)
+    images = read_lock()["images"] if runner == "docker" else None
+    engine = docker_engine() if runner == "docker" else None  # fails before anything is started
 
     base = runs_dir(root)
     record = RunRecord(id=new_run_id(), job=str(job) if job else None, sets=list(sets or []),
-                       arguments=values, from_run=from_run, rerun_step=rerun_step,
+                       arguments=values, from_run=from_run, rerun_step=rerun_step, runner=runner,
                        start=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        pipeline_digest=file_digest(spec.path), pid=os.getpid(), host=socket.gethostname())
     folder = base / record.id
     forced = [rerun_step] if rerun_step else []
     run_spec = folder / "pipeline.yaml"
     folder.mkdir(parents=True, exist_ok=True)
-    run_spec.write_text(spec.variant(no_cache=forced, retries=retries))
+    run_spec.write_text(spec.variant(no_cache=forced, retries=retries, images=images))
     record.save(folder)
 
     os.environ[SCRATCH_ENV] = str(base / "scratch")
@@ -296,15 +319,18 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
             tags.update({"facepipe.rerun_of": from_run, "facepipe.rerun_step": rerun_step or ""})
         parent_id = tracking.start_pipeline_run(experiment, tags)
         os.environ[PARENT_ENV] = parent_id
-        os.environ[SPOOL_ENV] = str(folder / "tracking-spool")
+        if runner == "subprocess" or not uri.startswith(("http://", "https://")):
+            # Replayed by this process; containers log to a tracking server themselves, as on a cluster.
+            os.environ[SPOOL_ENV] = str(folder / "tracking-spool")
         _replay_leftovers(base)
         tracking.MlflowLogger(parent_id).log_params(values)  # all pipeline parameters, batched
         record.mlflow = {"tracking_uri": uri, "experiment": experiment, "parent_run_id": parent_id}
         record.save(folder)
 
     started = time.time()
-    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(folder / "kfp"),
-                   enable_caching=True, cache_root=str(base / ".kfp_cache"))
+    kfp_runner = (docker_runner(base, values, engine) if runner == "docker" else kfp.local.SubprocessRunner(use_venv=False))
+    kfp.local.init(runner=kfp_runner, pipeline_root=str(folder / "kfp"), enable_caching=True,
+                   cache_root=str(base / ".kfp_cache"))
     try:
         task = components.load_component_from_file(str(run_spec))(**values)
         record.outputs = {name: artifact.uri for name, artifact in task.outputs.items()
@@ -333,6 +359,40 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
         raise FacepipeError(f"run {record.id} failed: {record.error.splitlines()[0] if record.error else ''}"
                             f" (steps: {record.steps}; see {folder})")
     return record
+
+
+def docker_engine() -> dict:
+    """`docker info` of the configured engine (DOCKER_HOST, else the default socket)."""
+    import docker
+
+    try:
+        return docker.from_env().info()
+    except docker.errors.DockerException as exc:
+        raise FacepipeError(f"--runner docker: no Docker engine answers (DOCKER_HOST={os.environ.get('DOCKER_HOST', '')!r}:"
+                            f" {exc}); start one, or run `make demo-containers`, which starts a sandbox engine "
+                            f"and registry and stops them by PID") from None
+
+
+def docker_runner(base: Path, values: dict[str, Any], info: dict | None = None):
+    """kfp.local's DockerRunner on the configured engine, set up as the module docstring says."""
+    import docker
+    import kfp.local
+
+    info = info or docker_engine()
+    mounts = [docker.types.Mount(str(base), str(base), type="bind")]
+    for name in ("data_uri", "output_uri"):
+        value = values.get(name, "")
+        if value and ("://" not in value or value.startswith("file://")):
+            path = Path(value.removeprefix("file://")).resolve()
+            path.mkdir(parents=True, exist_ok=True) if name == "output_uri" else None
+            mounts.append(docker.types.Mount(str(path), str(path), type="bind", read_only=name == "data_uri"))
+    gpus = {}
+    if "nvidia" in info.get("Runtimes", {}) and shutil.which("nvidia-smi") and \
+            subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0:
+        gpus = {"device_requests": [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]}
+    env = {k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV_PREFIXES)}
+    return kfp.local.DockerRunner(environment=env, mounts=mounts, user=f"{os.getuid()}:{os.getgid()}",
+                                  network_mode="host", **gpus)
 
 
 def _replay_leftovers(base: Path) -> None:
@@ -382,7 +442,7 @@ def rerun_plan(spec: PipelineSpec, step: str) -> tuple[str, list[str], list[str]
 
 
 def rerun(step: str, from_run: str, sets: Iterable[str] | None = None, *, root=None, pipeline=None,
-          track: bool = True, experiment: str = EXPERIMENT) -> RunRecord:
+          track: bool = True, experiment: str = EXPERIMENT, runner: str | None = None) -> RunRecord:
     """Rerun `step` and what depends on it with changed parameters, reusing the run's upstream artifacts."""
     earlier = find_run(from_run, root)
     spec = PipelineSpec(pipeline or DEFAULT_PIPELINE)
@@ -406,7 +466,7 @@ def rerun(step: str, from_run: str, sets: Iterable[str] | None = None, *, root=N
         qualified.append(f"{key}={value}")
     known = {k: v for k, v in earlier.arguments.items() if k in model.parameters}
     record = run_local(None, qualified, pipeline=spec.path, root=root, base_arguments=known, rerun_step=task,
-                       from_run=earlier.id, track=track, experiment=experiment)
+                       from_run=earlier.id, track=track, experiment=experiment, runner=runner or earlier.runner)
     recomputed = [t for t, state in record.steps.items() if state == "executed" and t not in [task] + downstream]
     if recomputed:
         # Their cache entries or artifacts were gone (cleaned runs folder, other pipeline.yaml).

@@ -49,6 +49,7 @@ class Parameter:
     kind: type         # int, float, bool or str (what KFP sees)
     default: Any       # in KFP form
     encoded: bool      # True when the config value is carried as a string (optional, list, dict)
+    help: str = ""     # the description KFP shows: the key's help text, its limits and encoding
 
 
 def parameter_name(step: str, key: str) -> str:
@@ -87,8 +88,19 @@ def step_parameters(step: str) -> list[Parameter]:
         else:
             raise ConfigError(f"{cls.__name__}.{f.name} has no default; every pipeline parameter needs one")
         kind, encoded = _kfp_kind(hints[f.name])
-        out.append(Parameter(parameter_name(step, f.name), step, f.name, kind, encode(default, encoded), encoded))
+        value = encode(default, encoded)
+        out.append(Parameter(parameter_name(step, f.name), step, f.name, kind, value, encoded,
+                             _describe(step, f, value, encoded)))
     return out
+
+
+def _describe(step: str, f: dataclasses.Field, default: Any, encoded: bool) -> str:
+    """What KFP shows for a parameter: the key's help, its choices or range, the string encoding."""
+    meta, low, high = f.metadata, f.metadata.get("low"), f.metadata.get("high")
+    parts = [meta.get("help") or f"{step} config key {f.name}"] + ([f"one of {meta['choices']}"] if "choices" in meta else [])
+    parts += [f"range {'' if low is None else low}..{'' if high is None else high}"] if (low, high) != (None, None) else []
+    parts += [f"text: lists/dicts as JSON (default {json.dumps(default)}), empty means None"] if encoded else []
+    return "; ".join(parts)
 
 
 def pipeline_parameters(steps: Iterable[str]) -> list[Parameter]:
@@ -187,6 +199,3 @@ class Arguments:
     def config(self, step: str, values: dict[str, Any]):
         keyed = {p.key: values[p.name] for p in self.parameters.values() if p.step == step}
         return decode_config(step, keyed)
-
-    def changed(self, old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-        return {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
