@@ -23,6 +23,7 @@ Relative paths in a `.lst` are relative to the folder holding the `.lst`.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -384,6 +385,10 @@ class FaceRecordSet:
             raise DataError(f"says {num_classes} classes, but {self.rec_path.name} holds "
                             f"{self.num_classes} identities (labels 0..{self.num_classes - 1})",
                             path=self.property_path, line=1)
+        first = jpeg_info(self.read(0)[0]) if len(self) else None  # its header only: no decoding here
+        if first is not None and (first[1], first[0]) != (h, w):
+            raise DataError(f"says images are {h}x{w}, but the first image of {self.rec_path.name} is "
+                            f"{first[1]}x{first[0]}", path=self.property_path, line=1)
         self.image_size = (h, w)
 
     # -- access ----------------------------------------------------------------------------
