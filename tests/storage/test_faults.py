@@ -131,3 +131,69 @@ def test_secrets_never_in_logs_or_output(private_s3, tmp_path, caplog):
     assert bad.returncode == 2 and "failed after 3 attempts" in bad.stderr
     for out in (ok.stdout, ok.stderr, bad.stdout, bad.stderr):
         assert SECRET_KEY not in out and ACCESS_KEY not in out
+
+
+def test_finding_3_remote_output_is_checked_before_any_work(private_s3, monkeypatch):
+    entered = []
+    with pytest.raises(StorageError, match="write check s3://nobucket/run1 .*bucket does not exist"):
+        with storage.output_dir("s3://nobucket/run1"):
+            entered.append(True)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    with pytest.raises(StorageError, match="write check s3://models/run1 .*access refused"):
+        with storage.output_dir("s3://models/run1"):
+            entered.append(True)
+    assert not entered, "the step never started"
+    assert not private_s3.client().list_objects_v2(Bucket="models").get("Contents"), "the probe is deleted"
+
+
+def test_finding_3_failed_upload_keeps_the_local_result_and_says_where(private_s3):
+    import re
+    import shutil
+
+    from facepipe.manifest import write_manifest
+
+    with pytest.raises(StorageError, match="the finished output is kept at") as err:
+        with storage.output_dir("s3://models/trained") as local:
+            (local / "model.pt").write_bytes(b"hours of training")
+            write_manifest(local, "recognizer")
+            private_s3.stop()  # the endpoint goes down as the upload starts
+    kept = re.search(r"kept at (\S+) ", str(err.value)).group(1)
+    with open(os.path.join(kept, "model.pt"), "rb") as f:
+        assert f.read() == b"hours of training"
+    private_s3.start()
+    storage.publish(kept, "s3://models/trained", quiet=True)  # what the message tells the user to do
+    assert storage.is_complete("s3://models/trained")
+    shutil.rmtree(kept)
+
+
+@pytest.mark.timeout(90)  # the bound: with the old 60 s read timeout and retries, many minutes
+def test_finding_10_a_silent_endpoint_fails_in_bounded_time_with_its_password_redacted(monkeypatch):
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    held = []  # accepted and never answered
+
+    def accept():
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    port = listener.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://admin:hunter2secret@127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("FACEPIPE_STORAGE_ATTEMPTS", "2")
+    monkeypatch.setenv("FACEPIPE_STORAGE_BACKOFF_S", "0.01")
+    monkeypatch.setenv("FACEPIPE_STORAGE_TIMEOUT_S", "1")
+    try:
+        with pytest.raises(StorageError, match="failed after 2 attempts") as err:
+            storage.exists("s3://models/x")
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+    assert "hunter2secret" not in str(err.value) and f"admin:***@127.0.0.1:{port}" in str(err.value)

@@ -40,7 +40,7 @@ from facepipe.storage.transfer import TransferReport, backend_for, download, upl
 from facepipe.storage.uri import SCHEMES, Location, parse_uri
 
 __all__ = ["MANIFEST", "SCHEMES", "Entry", "Location", "StorageError", "TransferReport", "download", "exists",
-           "is_complete", "localize", "ls", "output_dir", "parse_uri", "publish", "upload"]
+           "check_writable", "is_complete", "localize", "ls", "output_dir", "parse_uri", "publish", "upload"]
 
 
 # ---- queries
@@ -138,7 +138,8 @@ def publish(local_dir: str | os.PathLike, uri: str | os.PathLike, *, quiet: bool
 
 @contextlib.contextmanager
 def output_dir(uri: str | os.PathLike, *, quiet: bool = False):
-    """Yield a local folder for a step to write; a remote uri gets it published on success.
+    """Yield a local folder for a step to write; a remote uri is checked writable first and gets the
+    folder published on success (kept, and named in the error, when that upload fails).
 
     A local uri is used directly (the step's own manifest marks it complete).
     """
@@ -147,9 +148,25 @@ def output_dir(uri: str | os.PathLike, *, quiet: bool = False):
         loc.path.mkdir(parents=True, exist_ok=True)
         yield loc.path
         return
+    check_writable(loc)  # before the work: a missing bucket found after hours of training loses them
     tmp = Path(tempfile.mkdtemp(prefix="facepipe-out-"))
     try:
         yield tmp
-        publish(tmp, uri, quiet=quiet)
-    finally:
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        publish(tmp, uri, quiet=quiet)
+    except StorageError as exc:
+        raise StorageError(f"{exc}; the finished output is kept at {tmp} (publish it with: facepipe storage cp "
+                           f"{tmp} {uri})") from None
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_writable(loc: Location) -> None:
+    """Put and delete a small probe object under loc: the bucket exists, the credentials work and
+    writing is allowed (StorageError naming the URI and endpoint otherwise)."""
+    be = backend_for(loc)
+    probe = loc.child(f".facepipe-write-check-{os.getpid()}")
+    with_retries("write check", str(loc), be.endpoint, lambda: be.put_bytes(probe, b"facepipe write check"))
+    with_retries("write check", str(loc), be.endpoint, lambda: be.delete(probe))
