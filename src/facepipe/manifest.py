@@ -92,8 +92,6 @@ def replacing(final_dir: str | Path, kind: str, marker: str = ""):
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        with contextlib.suppress(OSError):  # an empty folder made for us (the CLI's output_dir) goes too
-            final_dir.rmdir()
         raise
     if final_dir.exists():
         final_dir.rename(old)

@@ -22,7 +22,7 @@ from facepipe.config import to_dict
 from facepipe.errors import ConfigError, DataError
 from facepipe.recognition.config import RESUME_FREE_KEYS, RecognitionTrainConfig
 from facepipe.run_logger import NullLogger, RunLogger
-from facepipe.training.checkpoint import Checkpoints
+from facepipe.training.checkpoint import Checkpoints, data_digest
 from facepipe.training.context import autocast, distributed, grad_scaler
 from facepipe.training.loop import StepLog, TrainState, train_steps
 from facepipe.training.schedule import TimeBudget, lr_scheduler
@@ -168,7 +168,8 @@ def _train(cfg, data_dir: Path, out_dir: Path, logger: RunLogger, ctx) -> dict:
     scheduler = lr_scheduler(optimizer, cfg, total_steps, round(cfg.warmup_epochs * steps_per_epoch), budget)
     scaler = grad_scaler(device, cfg.amp)
 
-    checkpoints, state = Checkpoints(out_dir, ctx, to_dict(cfg), RESUME_FREE_KEYS), TrainState()
+    data = {"digest": data_digest(data_dir), "num_classes": records.num_classes, "images": len(records)}
+    checkpoints, state = Checkpoints(out_dir, ctx, to_dict(cfg), RESUME_FREE_KEYS, data), TrainState()
     stateful = {**modules, "optimizer": optimizer, "scheduler": scheduler, **({"scaler": scaler} if scaler else {})}
     ckpt = checkpoints.resume(stateful)
     state = TrainState.from_dict(ckpt["state"]) if ckpt else state

@@ -145,8 +145,15 @@ def output_dir(uri: str | os.PathLike, *, quiet: bool = False):
     """
     loc = parse_uri(uri)
     if loc.is_local:
+        made = not loc.path.exists()
         loc.path.mkdir(parents=True, exist_ok=True)
-        yield loc.path
+        try:
+            yield loc.path
+        except BaseException:
+            if made:  # a failed step leaves no empty output folder behind
+                with contextlib.suppress(OSError):
+                    loc.path.rmdir()
+            raise
         return
     check_writable(loc)  # before the work: a missing bucket found after hours of training loses them
     tmp = Path(tempfile.mkdtemp(prefix="facepipe-out-"))
