@@ -89,8 +89,9 @@ def _train(cfg: DetectionTrainConfig, data_dir: Path, out_dir: Path, logger, ctx
     device, world = ctx.device, ctx.world
     torch.manual_seed(cfg.seed)
     train_samples = load_samples(find_label_file(data_dir, "train"))
-    if not train_samples:
-        raise DataError("no training images listed", path=find_label_file(data_dir, "train"))
+    if not load_samples.last_report["faces_kept"]:  # only negatives: it would learn that nothing is a face
+        raise DataError(f"no faces: {len(train_samples)} usable image(s), none with a usable box",
+                        path=find_label_file(data_dir, "train"))
     val_label = data_dir / "val" / "label.txt"
     val_samples = load_samples(val_label) if val_label.is_file() else []
     dataset = DetectionDataset(train_samples, cfg.image_size, cfg.seed, True, cfg.crop_scales,
