@@ -170,9 +170,11 @@ class RunRecord:
         path = folder / RUN_RECORD
         try:
             body = json.loads(path.read_text())
+            record = cls(**{k: v for k, v in body.items() if k in cls.__dataclass_fields__})
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such run") from None
-        record = cls(**{k: v for k, v in body.items() if k in cls.__dataclass_fields__})
+        except (ValueError, TypeError, AttributeError) as exc:  # truncated, not JSON, or not a record
+            raise ConfigError(f"{path}: corrupt run record ({type(exc).__name__}: {exc})") from None
         if record.status == "running" and record.host == socket.gethostname() and not _alive(record.pid):
             record.status = "interrupted"  # its process died without writing the end of the record
         return record
@@ -196,8 +198,8 @@ def list_runs(root: str | Path | None = None) -> list[RunRecord]:
     for path in sorted(base.glob(f"*/{RUN_RECORD}")):
         try:
             out.append(RunRecord.load(path.parent))
-        except (ValueError, TypeError, ConfigError):
-            continue
+        except ConfigError as exc:
+            print(f"warning: {exc}", file=sys.stderr)  # named, not hidden
     return out
 
 
