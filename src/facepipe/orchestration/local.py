@@ -265,7 +265,7 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
     import kfp.local
     from kfp import components
 
-    from facepipe.orchestration.component_runtime import PARENT_ENV, SCRATCH_ENV, SPOOL_ENV
+    from facepipe.orchestration.component_runtime import PARENT_ENV, RUN_PID_ENV, SCRATCH_ENV, SPOOL_ENV
     from facepipe.orchestration.images import image_digests
 
     spec = PipelineSpec(pipeline or DEFAULT_PIPELINE)
@@ -286,6 +286,7 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
     record.save(folder)
 
     os.environ[SCRATCH_ENV] = str(base / "scratch")
+    os.environ[RUN_PID_ENV] = str(os.getpid())  # the steps end when this process dies (kill -9 too)
     parent_id = None
     if track:
         from facepipe import tracking
