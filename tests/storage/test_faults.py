@@ -197,3 +197,38 @@ def test_finding_10_a_silent_endpoint_fails_in_bounded_time_with_its_password_re
         for conn in held:
             conn.close()
     assert "hunter2secret" not in str(err.value) and f"admin:***@127.0.0.1:{port}" in str(err.value)
+
+
+@pytest.mark.timeout(120)
+def test_server_stopped_mid_upload_and_restarted_within_the_retries_the_same_upload_succeeds(
+        private_s3, tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.setenv("FACEPIPE_STORAGE_ATTEMPTS", "6")
+    monkeypatch.setenv("FACEPIPE_STORAGE_BACKOFF_S", "0.5")  # waits 0.5, 1, 2, 4, 8 s: the restart fits
+    src = make_model_folder(tmp_path / "v1", small=8)
+    uri = "s3://models/run9/recognizer"
+    landed, stopped, result = [], threading.Event(), {}
+
+    def on_file(rel):
+        landed.append(rel)
+        if len(landed) == 3:
+            private_s3.stop()
+            stopped.set()
+
+    def upload():
+        try:
+            result["report"] = storage.upload(src, uri, workers=1, quiet=True, on_file=on_file)
+        except StorageError as exc:
+            result["error"] = exc
+
+    worker = threading.Thread(target=upload)
+    worker.start()
+    assert stopped.wait(60)
+    private_s3.start()  # from this thread: the server dies with the thread that started it
+    worker.join(90)
+    assert "error" not in result, result.get("error")
+    assert result["report"].files + result["report"].skipped == len(tree(src))
+    assert storage.is_complete(uri)
+    with storage.localize(uri) as local:
+        assert without_manifest(tree(local)) == tree(src)
