@@ -23,6 +23,19 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def content_digest(path: str | Path) -> str:
+    """What a folder holds: its manifest's file checksums (not its timestamp), else each top-level
+    file's name and size; for a file, its sha256."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_file(path)
+    if (path / MANIFEST).is_file():
+        listing = json.loads((path / MANIFEST).read_text()).get("files", {})
+    else:
+        listing = sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.is_file())
+    return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
+
+
 def write_manifest(out_dir: str | Path, kind: str, extra: dict | None = None) -> Path:
     """Checksum every file under out_dir (except the manifest) and write the manifest atomically."""
     out_dir = Path(out_dir)

@@ -107,7 +107,7 @@ def test_finding_6_resume_on_other_data_is_refused_before_loading_the_weights(tm
     data = tmp_path / "data"
     data.mkdir()
     (data / "label.txt").write_text("# a.jpg\n1 1 4 4\n")
-    from facepipe.training.checkpoint import data_digest
+    from facepipe.manifest import content_digest as data_digest
 
     seen = {"digest": data_digest(data / "label.txt"), "num_classes": 5}
     Checkpoints(tmp_path / "out", _ctx(), {"lr": 0.1}, (), seen).save({"head": torch.nn.Linear(2, 5)},

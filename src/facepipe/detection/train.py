@@ -25,7 +25,7 @@ from facepipe.detection.loss import MultiBoxLoss
 from facepipe.detection.model import build_model
 from facepipe.errors import DataError
 from facepipe.run_logger import NullLogger
-from facepipe.training.checkpoint import Checkpoints, data_digest
+from facepipe.training.checkpoint import Checkpoints
 from facepipe.training.context import autocast, distributed, grad_scaler
 from facepipe.training.loop import StepLog, TrainState, train_steps
 from facepipe.training.schedule import TimeBudget, lr_scheduler
@@ -84,7 +84,7 @@ def train_detection(cfg: DetectionTrainConfig, data_dir: str | Path, out_dir: st
 def _train(cfg: DetectionTrainConfig, data_dir: Path, out_dir: Path, logger, ctx) -> dict:
     from torch.nn.parallel import DistributedDataParallel
 
-    from facepipe.manifest import write_manifest
+    from facepipe.manifest import content_digest, write_manifest
 
     device, world = ctx.device, ctx.world
     torch.manual_seed(cfg.seed)
@@ -107,7 +107,7 @@ def _train(cfg: DetectionTrainConfig, data_dir: Path, out_dir: Path, logger, ctx
     budget = TimeBudget(cfg.time_budget_min, ctx)
     scheduler = lr_scheduler(optimizer, cfg, total_steps, round(cfg.warmup_epochs * spe), budget)
     scaler = grad_scaler(device, cfg.amp)
-    data = {"digest": data_digest(find_label_file(data_dir, "train")), "images": len(train_samples)}
+    data = {"digest": content_digest(find_label_file(data_dir, "train")), "images": len(train_samples)}
     checkpoints, state = Checkpoints(out_dir, ctx, to_dict(cfg), RESUME_FREE_KEYS, data), TrainState()
     stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, **({"scaler": scaler} if scaler else {})}
     ckpt = checkpoints.resume(stateful)

@@ -17,7 +17,6 @@ reruns, and its downstream steps execute because their inputs changed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -33,7 +32,7 @@ import yaml
 
 from facepipe.config import project_file
 from facepipe.errors import ConfigError, FacepipeError
-from facepipe.manifest import sha256_file
+from facepipe.manifest import MANIFEST, content_digest, sha256_file
 from facepipe.orchestration.params import RUN_PARAMETERS, RUN_SECTION, Arguments
 
 DEFAULT_PIPELINE = project_file("pipeline.yaml")
@@ -239,16 +238,6 @@ def _task_states(spec: PipelineSpec, kfp_root: Path, finished: bool) -> dict[str
     return states
 
 
-def _data_digest(data_dir: str | None) -> str:
-    if not data_dir:
-        return ""
-    manifest = Path(data_dir) / "manifest.json"
-    if not manifest.exists():
-        return ""
-    files = json.loads(manifest.read_text()).get("files", {})
-    return "sha256:" + hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-
-
 def _tracking_setup(base: Path) -> str:
     """MLFLOW_TRACKING_URI, else the runs folder's sqlite store; exported for the step processes."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{base / 'mlflow.db'}"
@@ -350,9 +339,11 @@ def _replay_leftovers(base: Path) -> None:
 def _finish_parent(parent_id: str, record: RunRecord) -> None:
     from facepipe.tracking import MlflowLogger, end_run
 
+    images = record.outputs.get("images")
     logger = MlflowLogger(parent_id)
     logger.set_tags({**{f"facepipe.step.{k}": v for k, v in record.steps.items()},
-                     "facepipe.input_data_digest": _data_digest(record.outputs.get("images")),
+                     "facepipe.input_data_digest": f"sha256:{content_digest(images)}"
+                     if images and (Path(images) / MANIFEST).exists() else "",
                      "facepipe.status": record.status})
     metrics_path = record.outputs.get("metrics")
     if metrics_path and Path(metrics_path).is_file():

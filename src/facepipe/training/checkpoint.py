@@ -22,6 +22,11 @@ class NonFiniteLoss(FacepipeError):
     """The loss became NaN or infinite; training stops and keeps the last good checkpoint."""
 
 
+def non_finite(tensors: dict) -> list[str]:
+    """The keys whose floating-point tensor holds NaN or inf."""
+    return [k for k, v in tensors.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+
+
 def load_torch_file(path: Path, what: str, map_location="cpu") -> dict:
     """A torch file facepipe wrote (model.pt or a checkpoint shard), loaded weights_only; anything
     else is a one-line DataError naming the file instead of torch's multi-paragraph message."""
@@ -38,8 +43,7 @@ def load_torch_file(path: Path, what: str, map_location="cpu") -> dict:
                         path=path) from None
     if not isinstance(blob, dict):
         raise DataError(f"not a facepipe {what}: holds a {type(blob).__name__}, expected a dict", path=path)
-    weights = blob.get("state_dict", {})
-    bad = [k for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = non_finite(blob.get("state_dict", {}))
     if bad:
         raise DataError(f"{what} weights are not finite ({bad[0]} holds NaN or inf: its training diverged); "
                         f"retrain it, e.g. with a lower lr", path=path)
@@ -53,27 +57,10 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def data_digest(path: Path) -> str:
-    """The training data by content, as a resume must find it again: the file checksums of the
-    folder's manifest (not its timestamp), else each top-level file's name and size, else the file's sha256."""
-    import hashlib
-
-    from facepipe.manifest import MANIFEST, sha256_file
-
-    path = Path(path)
-    if not path.is_dir():
-        return sha256_file(path)
-    if (path / MANIFEST).is_file():
-        listing = json.loads((path / MANIFEST).read_text()).get("files")
-    else:
-        listing = sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.is_file())
-    return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
-
-
 class Checkpoints:
     """The checkpoints of one run in `out_dir`, for the process `ctx`; `free_keys`: config keys that
     may change on resume because they do not change what is learned (the config's RESUME_FREE_KEYS);
-    `data`: what identifies the training data ({"digest": data_digest(...), counts}), checked on resume."""
+    `data`: what identifies the training data ({"digest": manifest.content_digest(...), counts}), checked on resume."""
 
     def __init__(self, out_dir: Path, ctx, config: dict, free_keys, data: dict | None = None):
         self.out_dir, self.ctx, self.config, self.free_keys = Path(out_dir), ctx, config, free_keys
@@ -83,8 +70,7 @@ class Checkpoints:
     def save(self, stateful: dict, state) -> Path:
         """Writes every object's state_dict, the TrainState and the RNG; all ranks call it together."""
         step = state.step
-        bad = [f"{name}.{k}" for name, obj in stateful.items() for k, v in obj.state_dict().items()
-               if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+        bad = [f"{name}.{k}" for name, obj in stateful.items() for k in non_finite(obj.state_dict())]
         if bad:  # so that every checkpoint on disk, the "last good" one included, is finite
             raise NonFiniteLoss(f"weights became non-finite by step {step} ({bad[0]}); training stopped, "
                                 f"{self._last_good()}")
