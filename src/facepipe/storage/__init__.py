@@ -20,7 +20,8 @@ Environment (read on each call, never logged):
   myhuaweicloud.com, else v4), OBS_PATH_STYLE (1/0).
 - FACEPIPE_STORAGE_ATTEMPTS (default 5), FACEPIPE_STORAGE_BACKOFF_S (first wait, default 0.5 s,
   doubling), FACEPIPE_STORAGE_WORKERS (parallel files, default 16),
-  FACEPIPE_STORAGE_PART_MB (multipart part size, default 16).
+  FACEPIPE_STORAGE_PART_MB (multipart part size, default 16), FACEPIPE_STORAGE_TIMEOUT_S (how long
+  a request waits for an answer, default 20).
 """
 
 from __future__ import annotations
