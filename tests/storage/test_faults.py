@@ -232,3 +232,61 @@ def test_server_stopped_mid_upload_and_restarted_within_the_retries_the_same_upl
     assert storage.is_complete(uri)
     with storage.localize(uri) as local:
         assert without_manifest(tree(local)) == tree(src)
+
+
+def test_a_burst_of_5xx_answers_is_retried_and_the_upload_completes(private_s3, tmp_path, monkeypatch):
+    """A proxy in front of the server answers the first requests 503 (an overloaded endpoint)."""
+    import http.client
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlparse
+
+    target = urlparse(private_s3.endpoint)
+    failures = {"left": 6, "sent": 0}
+    lock = threading.Lock()
+
+    class Proxy(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _any(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with lock:
+                fail = failures["left"] > 0
+                failures["left"] -= fail
+                failures["sent"] += fail
+            if fail:
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+            upstream.request(self.command, self.path, body, dict(self.headers))
+            answer = upstream.getresponse()
+            data = answer.read()
+            self.send_response(answer.status)
+            for k, v in answer.getheaders():
+                if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            upstream.close()
+
+        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
+
+        def log_message(self, *args):
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.server_port}")
+    monkeypatch.setenv("FACEPIPE_STORAGE_ATTEMPTS", "6")
+    try:
+        src = make_model_folder(tmp_path / "v1", big_mb=1, small=4)
+        storage.upload(src, "s3://models/burst", workers=1, quiet=True)
+        assert failures["sent"] == 6, "the burst was answered"
+        assert storage.is_complete("s3://models/burst")
+        with storage.localize("s3://models/burst") as local:
+            assert without_manifest(tree(local)) == tree(src)
+    finally:
+        proxy.shutdown()
