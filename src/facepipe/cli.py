@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     except FacepipeError as exc:
         print(f"facepipe {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an output that is a file, a read-only folder, a full disk: one line naming the path
+        where = ": ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+        print(f"facepipe {args.command}: error: {where + ': ' if where else ''}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"facepipe {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -19,6 +21,19 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def content_digest(path: str | Path) -> str:
+    """What a folder holds: its manifest's file checksums (not its timestamp), else each top-level
+    file's name and size; for a file, its sha256."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_file(path)
+    if (path / MANIFEST).is_file():
+        listing = json.loads((path / MANIFEST).read_text()).get("files", {})
+    else:
+        listing = sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.is_file())
+    return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
 
 
 def write_manifest(out_dir: str | Path, kind: str, extra: dict | None = None) -> Path:
@@ -55,3 +70,43 @@ def read_manifest(out_dir: str | Path, verify: bool = False) -> dict:
             if digest != info["sha256"]:
                 raise DataError(f"checksum mismatch: manifest says {info['sha256']}, file has {digest}", path=f)
     return body
+
+
+def check_replaceable(final_dir: str | Path, kind: str, marker: str = "") -> None:
+    """Only nothing, an empty folder, or an earlier output of `kind` (by its manifest, or holding
+    `marker` where an unfinished one lacks it) may be replaced: never a user's unrelated folder."""
+    final_dir = Path(final_dir)
+    if final_dir.exists() and not final_dir.is_dir():
+        raise DataError("exists and is a file, not a folder (choose a new or empty output folder)", path=final_dir)
+    if not final_dir.exists() or not any(final_dir.iterdir()):
+        return
+    try:
+        found = json.loads((final_dir / MANIFEST).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        found = None
+    if found != kind and not (marker and (final_dir / marker).exists()):
+        raise DataError(f"exists and is not a facepipe {kind} output; refusing to replace it (choose a new "
+                        f"or empty output folder)", path=final_dir)
+
+
+@contextlib.contextmanager
+def replacing(final_dir: str | Path, kind: str, marker: str = ""):
+    """Yield `FINAL.partial` to write into; on success it is renamed to `final_dir` (the previous
+    output removed only then), on failure removed: nothing half-made ever sits under the real name."""
+    final_dir = Path(final_dir)
+    check_replaceable(final_dir, kind, marker)
+    tmp, old = (final_dir.with_name(final_dir.name + suffix) for suffix in (".partial", ".old"))
+    if old.is_dir() and not final_dir.exists():  # a crash between the two renames below
+        old.rename(final_dir)
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final_dir.exists():
+        final_dir.rename(old)
+    tmp.rename(final_dir)
+    shutil.rmtree(old, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Mapping
 
 # Environment variables that hold secrets; their values must never be written anywhere.
@@ -24,10 +25,13 @@ def is_secret_key(key: str) -> bool:
     return any(w in k for w in _SECRET_WORDS)
 
 
+_URL_PASSWORD = re.compile(r"(\w+://[^/@\s:]*):[^/@\s]*@")  # scheme://user:PASSWORD@host
+
+
 def redact(text: str) -> str:
     for value in secret_values():
         text = text.replace(value, "***")
-    return text
+    return _URL_PASSWORD.sub(r"\1:***@", text)
 
 
 def redact_params(params: Mapping[str, Any]) -> dict[str, Any]:

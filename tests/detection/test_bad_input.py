@@ -70,7 +70,7 @@ def test_wrong_model_files_are_refused(tmp_path, capsys):
     with pytest.raises(DataError, match="expected a detector"):
         Detector.load(tmp_path / "rec.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a model")
-    with pytest.raises(DataError, match="not a loadable model.pt"):
+    with pytest.raises(DataError, match="not a facepipe detector model.pt"):
         Detector.load(tmp_path / "junk.pt")
     write_tree(tmp_path / "imgs", "", {"x.jpg": (32, 32)})
     assert main(["detect", "--model", str(tmp_path / "missing.pt"), str(tmp_path / "imgs" / "images"),
@@ -78,3 +78,24 @@ def test_wrong_model_files_are_refused(tmp_path, capsys):
     assert "missing.pt" in capsys.readouterr().err
     assert main(["detect", "--model", str(tmp_path / "rec.pt"), str(tmp_path / "empty"), "--out", "o"]) == 2
     assert "empty: no such file or folder" in capsys.readouterr().err
+
+
+def test_finding_8_a_detection_set_with_zero_faces_is_refused(tmp_path):
+    write_tree(tmp_path / "train", "# a.jpg\n# b.jpg\n20 20 0 10\n", {"a.jpg": (64, 64), "b.jpg": (64, 64)})
+    with pytest.raises(DataError, match=r"train/label\.txt: no faces: 2 usable image\(s\), none with a usable box"):
+        train_detection(from_dict(DetectionTrainConfig, TINY), tmp_path, tmp_path / "out")
+
+
+def test_finding_8_labels_names_the_line_of_each_dropped_box_and_refuses_an_empty_file(tmp_path, capsys):
+    import json
+
+    write_tree(tmp_path / "train", f"# a.jpg\n{FACE}\n20 20 0 10\n90 90 5 5\n", {"a.jpg": (64, 64)})
+    assert main(["labels", str(tmp_path / "train")]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["boxes_dropped"] == [{"line": 3, "image": "a.jpg", "reason": "zero_area"},
+                                       {"line": 4, "image": "a.jpg", "reason": "outside"}]
+    load_samples(tmp_path / "train" / "label.txt")
+    assert "dropped (lines 3, 4)" in capsys.readouterr().err
+    (tmp_path / "train" / "label.txt").write_text("\n")
+    assert main(["labels", str(tmp_path / "train")]) == 2
+    assert "label.txt: lists no images" in capsys.readouterr().err

@@ -131,3 +131,162 @@ def test_secrets_never_in_logs_or_output(private_s3, tmp_path, caplog):
     assert bad.returncode == 2 and "failed after 3 attempts" in bad.stderr
     for out in (ok.stdout, ok.stderr, bad.stdout, bad.stderr):
         assert SECRET_KEY not in out and ACCESS_KEY not in out
+
+
+def test_finding_3_remote_output_is_checked_before_any_work(private_s3, monkeypatch):
+    entered = []
+    with pytest.raises(StorageError, match="write check s3://nobucket/run1 .*bucket does not exist"):
+        with storage.output_dir("s3://nobucket/run1"):
+            entered.append(True)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    with pytest.raises(StorageError, match="write check s3://models/run1 .*access refused"):
+        with storage.output_dir("s3://models/run1"):
+            entered.append(True)
+    assert not entered, "the step never started"
+    assert not private_s3.client().list_objects_v2(Bucket="models").get("Contents"), "the probe is deleted"
+
+
+def test_finding_3_failed_upload_keeps_the_local_result_and_says_where(private_s3):
+    import re
+    import shutil
+
+    from facepipe.manifest import write_manifest
+
+    with pytest.raises(StorageError, match="the finished output is kept at") as err:
+        with storage.output_dir("s3://models/trained") as local:
+            (local / "model.pt").write_bytes(b"hours of training")
+            write_manifest(local, "recognizer")
+            private_s3.stop()  # the endpoint goes down as the upload starts
+    kept = re.search(r"kept at (\S+) ", str(err.value)).group(1)
+    with open(os.path.join(kept, "model.pt"), "rb") as f:
+        assert f.read() == b"hours of training"
+    private_s3.start()
+    storage.publish(kept, "s3://models/trained", quiet=True)  # what the message tells the user to do
+    assert storage.is_complete("s3://models/trained")
+    shutil.rmtree(kept)
+
+
+@pytest.mark.timeout(90)  # the bound: with the old 60 s read timeout and retries, many minutes
+def test_finding_10_a_silent_endpoint_fails_in_bounded_time_with_its_password_redacted(monkeypatch):
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    held = []  # accepted and never answered
+
+    def accept():
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    port = listener.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://admin:hunter2secret@127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("FACEPIPE_STORAGE_ATTEMPTS", "2")
+    monkeypatch.setenv("FACEPIPE_STORAGE_BACKOFF_S", "0.01")
+    monkeypatch.setenv("FACEPIPE_STORAGE_TIMEOUT_S", "1")
+    try:
+        with pytest.raises(StorageError, match="failed after 2 attempts") as err:
+            storage.exists("s3://models/x")
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+    assert "hunter2secret" not in str(err.value) and f"admin:***@127.0.0.1:{port}" in str(err.value)
+
+
+@pytest.mark.timeout(120)
+def test_server_stopped_mid_upload_and_restarted_within_the_retries_the_same_upload_succeeds(
+        private_s3, tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.setenv("FACEPIPE_STORAGE_ATTEMPTS", "6")
+    monkeypatch.setenv("FACEPIPE_STORAGE_BACKOFF_S", "0.5")  # waits 0.5, 1, 2, 4, 8 s: the restart fits
+    src = make_model_folder(tmp_path / "v1", small=8)
+    uri = "s3://models/run9/recognizer"
+    landed, stopped, result = [], threading.Event(), {}
+
+    def on_file(rel):
+        landed.append(rel)
+        if len(landed) == 3:
+            private_s3.stop()
+            stopped.set()
+
+    def upload():
+        try:
+            result["report"] = storage.upload(src, uri, workers=1, quiet=True, on_file=on_file)
+        except StorageError as exc:
+            result["error"] = exc
+
+    worker = threading.Thread(target=upload)
+    worker.start()
+    assert stopped.wait(60)
+    private_s3.start()  # from this thread: the server dies with the thread that started it
+    worker.join(90)
+    assert "error" not in result, result.get("error")
+    assert result["report"].files + result["report"].skipped == len(tree(src))
+    assert storage.is_complete(uri)
+    with storage.localize(uri) as local:
+        assert without_manifest(tree(local)) == tree(src)
+
+
+def test_a_burst_of_5xx_answers_is_retried_and_the_upload_completes(private_s3, tmp_path, monkeypatch):
+    """A proxy in front of the server answers the first requests 503 (an overloaded endpoint)."""
+    import http.client
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlparse
+
+    target = urlparse(private_s3.endpoint)
+    failures = {"left": 6, "sent": 0}
+    lock = threading.Lock()
+
+    class Proxy(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _any(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with lock:
+                fail = failures["left"] > 0
+                failures["left"] -= fail
+                failures["sent"] += fail
+            if fail:
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+            upstream.request(self.command, self.path, body, dict(self.headers))
+            answer = upstream.getresponse()
+            data = answer.read()
+            self.send_response(answer.status)
+            for k, v in answer.getheaders():
+                if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            upstream.close()
+
+        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
+
+        def log_message(self, *args):
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.server_port}")
+    monkeypatch.setenv("FACEPIPE_STORAGE_ATTEMPTS", "6")
+    try:
+        src = make_model_folder(tmp_path / "v1", big_mb=1, small=4)
+        storage.upload(src, "s3://models/burst", workers=1, quiet=True)
+        assert failures["sent"] == 6, "the burst was answered"
+        assert storage.is_complete("s3://models/burst")
+        with storage.localize("s3://models/burst") as local:
+            assert without_manifest(tree(local)) == tree(src)
+    finally:
+        proxy.shutdown()

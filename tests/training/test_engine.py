@@ -90,3 +90,60 @@ def test_a_single_process_gets_no_process_group_and_cuda_without_a_gpu_is_a_conf
         with pytest.raises(ConfigError, match=r"X\.device: 'cuda' requested but no GPU"):
             with distributed("cuda", deterministic=False, config_name="X"):
                 pass
+
+
+def test_finding_5_weights_gone_non_finite_are_never_saved_so_the_last_good_checkpoint_is_finite(tmp_path):
+    ckpts, layer = Checkpoints(tmp_path, _ctx(), {}, ()), torch.nn.Linear(2, 1)
+    ckpts.save({"layer": layer}, TrainState(step=2))
+    torch.nn.init.constant_(layer.weight, math.inf)  # lr=inf: the weights diverge before the loss shows it
+    with pytest.raises(NonFiniteLoss, match=r"weights became non-finite by step 3 \(layer\.weight\).*step-000000002"):
+        ckpts.save({"layer": layer}, TrainState(step=3))
+    good = latest_checkpoint(tmp_path)
+    assert good.name == "step-000000002"
+    assert torch.isfinite(torch.load(good / "rank0.pt", weights_only=True)["layer"]["weight"]).all()
+
+
+def test_finding_6_resume_on_other_data_is_refused_before_loading_the_weights(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "label.txt").write_text("# a.jpg\n1 1 4 4\n")
+    from facepipe.manifest import content_digest as data_digest
+
+    seen = {"digest": data_digest(data / "label.txt"), "num_classes": 5}
+    Checkpoints(tmp_path / "out", _ctx(), {"lr": 0.1}, (), seen).save({"head": torch.nn.Linear(2, 5)},
+                                                                       TrainState(step=1))
+    (data / "label.txt").write_text("# b.jpg\n1 1 4 4\n")  # same counts, other data
+    other = {"digest": data_digest(data / "label.txt"), "num_classes": 7}
+    with pytest.raises(ConfigError, match=r"trained on other data \(digest: .*num_classes: 5 -> 7\).*same DATA_PATH"):
+        Checkpoints(tmp_path / "out", _ctx(), {"lr": 0.1}, (), other).resume({"head": torch.nn.Linear(2, 7)})
+
+
+def test_finding_9_a_truncated_checkpoint_marked_complete_is_a_clear_error(tmp_path):
+    Checkpoints(tmp_path, _ctx(), {}, ()).save({"layer": torch.nn.Linear(2, 1)}, TrainState(step=1))
+    shard = latest_checkpoint(tmp_path) / "rank0.pt"
+    shard.write_bytes(shard.read_bytes()[:200])
+    with pytest.raises(ConfigError) as err:
+        Checkpoints(tmp_path, _ctx(), {}, ()).resume({"layer": torch.nn.Linear(2, 1)})
+    text = str(err.value)
+    assert "rank0.pt: not a facepipe checkpoint: truncated or not a torch file" in text and "\n" not in text
+    assert "delete" in text and "step-000000001" in text
+
+
+@pytest.mark.parametrize("kind", ["detector", "recognizer"])
+def test_finding_9_garbage_or_foreign_pt_files_give_a_one_line_error(tmp_path, kind):
+    import collections
+
+    from facepipe.detection.infer import load_detector_checkpoint
+    from facepipe.errors import DataError
+    from facepipe.recognition.embed import Recognizer
+
+    load = load_detector_checkpoint if kind == "detector" else Recognizer.load
+    (tmp_path / "garbage.pt").write_bytes(b"hello world" * 10)
+    torch.save({"x": collections.OrderedDict(a=SimpleNamespace())}, tmp_path / "foreign.pt")  # not weights_only
+    torch.save({"kind": kind, "state_dict": {"w": torch.tensor([math.nan])}}, tmp_path / "nan.pt")
+    for name, expected in (("garbage", "truncated or not a torch file"), ("foreign", "Python objects beyond tensors"),
+                           ("nan", "weights are not finite (w holds NaN")):
+        with pytest.raises(DataError) as err:
+            load(tmp_path / f"{name}.pt")
+        assert f"{name}.pt: not a facepipe" in str(err.value) or name == "nan"
+        assert expected in str(err.value) and "\n" not in str(err.value), str(err.value)

@@ -45,7 +45,7 @@ def label_files(path: Path) -> list[Path]:
 
 def run(args) -> int:
     from facepipe.data.labels import read_labels, read_wider_gt, validate_labels, write_labels
-    from facepipe.errors import ConfigError
+    from facepipe.errors import ConfigError, DataError
 
     if args.format == "wider-gt" and not args.images:
         raise ConfigError("--format wider-gt needs --images (the WIDER_*/images folder)")
@@ -56,7 +56,11 @@ def run(args) -> int:
     status = 0
     for label_txt in files:
         images_dir = Path(args.images) if args.images else label_txt.parent / "images"
-        kept, report = validate_labels(read(label_txt), images_dir, strict=args.strict)
+        images = read(label_txt)
+        if not images:
+            raise DataError("lists no images (expected '# path' lines, each followed by its face lines)",
+                            path=label_txt)
+        kept, report = validate_labels(images, images_dir, strict=args.strict)
         print(json.dumps({"label_file": str(label_txt), **report}))
         if any(report[k] for k in PROBLEMS):
             status = 1

@@ -42,6 +42,8 @@ def run(args) -> int:
         print(f"  image sizes   {sizes}  ({info['images_checked']} images read)")
         print(f"  formats       {', '.join(f'{k} x{v}' for k, v in info['formats'].items())}")
         print(f"  file size     {info['rec_bytes']} bytes")
-        if args.verify:
+        if not info["verified"]:
+            print("  manifest      NONE: not written by facepipe pack, contents unverified")
+        elif args.verify:
             print("  manifest      every file matches its sha256")
     return 0

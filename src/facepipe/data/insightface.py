@@ -23,12 +23,13 @@ Relative paths in a `.lst` are relative to the folder holding the `.lst`.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from facepipe.data.jpeg import jpeg_info
+from facepipe.data.jpeg import jpeg_complete, jpeg_info
 from facepipe.data.recordio import (IndexedRecordReader, RecordWriter, decode_image, frame,
                                     pack_record, unpack_record)
 from facepipe.errors import DataError
@@ -256,6 +257,25 @@ class InsightFaceWriter:
 # Reading the layout
 # ---------------------------------------------------------------------------------------------
 
+_UNVERIFIED_WARNED: set[Path] = set()
+
+
+def _check_provenance(data_dir: Path) -> bool:
+    """True for a set with its manifest (pack writes it last); DataError for one pack left unfinished;
+    False, with a warning, for a foreign (MXNet/InsightFace) set, which has no manifest to check."""
+    from facepipe.manifest import MANIFEST
+
+    if (data_dir / MANIFEST).is_file():
+        return True
+    if data_dir.name.endswith(".partial") or any(data_dir.glob("*.tmp")) or (data_dir / "pack_report.json").exists():
+        raise DataError(f"no {MANIFEST}: facepipe pack did not finish writing this set; pack it again", path=data_dir)
+    if data_dir not in _UNVERIFIED_WARNED:
+        _UNVERIFIED_WARNED.add(data_dir)
+        print(f"warning: {data_dir} has no {MANIFEST} (not written by facepipe pack): reading it UNVERIFIED",
+              file=sys.stderr, flush=True)
+    return False
+
+
 class FaceRecordSet:
     """A face recognition training set in `data_dir`: `PREFIX.rec`, `PREFIX.idx`, `property`.
 
@@ -282,6 +302,7 @@ class FaceRecordSet:
         if not self.rec_path.exists():
             raise DataError(f"no {prefix}.rec here (expected PREFIX.rec, PREFIX.idx, property)",
                             path=self.data_dir)
+        self.verified = _check_provenance(self.data_dir)
         self.reader = IndexedRecordReader(self.rec_path, self.idx_path, scan_if_missing=True)
         if 0 not in self.reader:
             raise DataError("the index has no key 0 (expected the InsightFace header record or "
@@ -364,6 +385,10 @@ class FaceRecordSet:
             raise DataError(f"says {num_classes} classes, but {self.rec_path.name} holds "
                             f"{self.num_classes} identities (labels 0..{self.num_classes - 1})",
                             path=self.property_path, line=1)
+        first = jpeg_info(self.read(0)[0]) if len(self) else None  # its header only: no decoding here
+        if first is not None and (first[1], first[0]) != (h, w):
+            raise DataError(f"says images are {h}x{w}, but the first image of {self.rec_path.name} is "
+                            f"{first[1]}x{first[0]}", path=self.property_path, line=1)
         self.image_size = (h, w)
 
     # -- access ----------------------------------------------------------------------------
@@ -484,7 +509,7 @@ def describe(rec_path: str | Path, sample: int = 0, progress: bool = True) -> di
                 "median": float(np.median(counts)) if len(counts) else 0,
                 "max": int(counts.max()) if len(counts) else 0},
             "property": prop, "image_sizes": dict(sorted(sizes.items(), key=lambda kv: -kv[1])),
-            "formats": formats, "images_checked": n_check, "rec_bytes": rs.rec_path.stat().st_size,
+            "formats": formats, "images_checked": n_check, "verified": rs.verified, "rec_bytes": rs.rec_path.stat().st_size,
         }
     finally:
         rs.close()
@@ -501,17 +526,24 @@ def unpack(rec_path: str | Path, out_dir: str | Path, names: str = "auto", progr
     labels (as `facepipe pack` writes it); otherwise folders are class ids and files record keys.
     Payload bytes are written unchanged (no re-encoding). Ends with manifest.json.
     """
-    from facepipe.manifest import MANIFEST, write_manifest
-    from facepipe.progress import Progress
+    from facepipe.manifest import replacing
 
     recs = find_rec(rec_path)
     if len(recs) > 1:
         raise DataError(f"{len(recs)} .rec files here ({', '.join(r.name for r in recs)}); name one",
                         path=rec_path)
     rs = open_rec(recs[0])
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MANIFEST).unlink(missing_ok=True)
+    try:
+        with replacing(out_dir, "identity_tree") as work:  # a failure leaves no folder pack would take
+            return {**_unpack_into(rs, work, names, progress), "out": str(out_dir)}
+    finally:
+        rs.close()
+
+
+def _unpack_into(rs: FaceRecordSet, out_dir: Path, names: str, progress: bool) -> dict:
+    from facepipe.manifest import write_manifest
+    from facepipe.progress import Progress
+
     lst_path = rs.data_dir / f"{rs.prefix}.lst"
     lst_names = None
     if names in ("auto", "lst") and lst_path.exists():
@@ -529,29 +561,31 @@ def unpack(rec_path: str | Path, out_dir: str | Path, names: str = "auto", progr
         raise DataError("no .lst next to the .rec to take names from", path=lst_path)
     width = max(5, len(str(max(rs.num_classes - 1, 0))))
     written: set[Path] = set()
-    try:
-        with Progress(len(rs), "unpack", unit="img", enabled=progress) as bar:
-            for i in range(len(rs)):
-                payload, label = rs.read(i)
-                ext = {"jpeg": ".jpg", "png": ".png"}.get(payload_format(payload), ".bin")
-                if lst_names is not None:
-                    p = lst_names[i]
-                    folder = p.parent.name if len(p.parts) > 1 else f"{label:0{width}d}"
-                    stem = p.stem
-                else:
-                    folder, stem = f"{label:0{width}d}", f"{rs.key(i):08d}"
-                target = out_dir / folder / (stem + ext)
-                if target in written:  # two .lst paths with the same folder and stem
-                    target = out_dir / folder / f"{stem}_{rs.key(i)}{ext}"
-                written.add(target)
-                target.parent.mkdir(exist_ok=True)
-                target.write_bytes(payload)
-                bar.update(1)
-        write_manifest(out_dir, kind="identity_tree", extra={"source": rs.rec_path.name})
-    finally:
-        rs.close()
+    with Progress(len(rs), "unpack", unit="img", enabled=progress) as bar:
+        for i in range(len(rs)):
+            payload, label = rs.read(i)
+            fmt = payload_format(payload)
+            where = dict(path=rs.rec_path, offset=rs.reader.offset(rs.key(i)))
+            if fmt == "jpeg" and (jpeg_info(payload) is None or not jpeg_complete(payload)):
+                raise DataError("JPEG payload without a frame header or end-of-image marker (corrupt)", **where)
+            if fmt != "jpeg":
+                decode_image(payload, **where)  # DataError where it is no image
+            if lst_names is not None:
+                p = lst_names[i]
+                folder = p.parent.name if len(p.parts) > 1 else f"{label:0{width}d}"
+                stem = p.stem
+            else:
+                folder, stem = f"{label:0{width}d}", f"{rs.key(i):08d}"
+            target = out_dir / folder / (stem + {"jpeg": ".jpg", "png": ".png"}.get(fmt, ".bin"))
+            if target in written:  # two .lst paths with the same folder and stem
+                target = target.with_name(f"{stem}_{rs.key(i)}{target.suffix}")
+            written.add(target)
+            target.parent.mkdir(exist_ok=True)
+            target.write_bytes(payload)
+            bar.update(1)
+    write_manifest(out_dir, kind="identity_tree", extra={"source": rs.rec_path.name})
     return {"images": len(written), "identities": rs.num_classes,
-            "names": "lst" if lst_names is not None else "class", "out": str(out_dir)}
+            "names": "lst" if lst_names is not None else "class"}
 
 
 __all__ = ["describe", "unpack", "FaceRecordSet", "InsightFaceWriter", "LstEntry", "read_lst", "write_lst", "lst_line", "read_property",

@@ -41,6 +41,7 @@ class FaceLabel:
     landmark_flags: np.ndarray = field(      # (5,) float64: 0 visible, 1 occluded, -1 missing
         default_factory=lambda: np.full(NUM_LANDMARKS, MISSING))
     blur: float = 0.0
+    line: int | None = None                  # where in its label file (not part of equality)
 
     def __post_init__(self):
         self.box = np.asarray(self.box, dtype=np.float64).reshape(4)
@@ -101,7 +102,7 @@ def parse_face_line(text: str, path=None, line_no: int | None = None) -> FaceLab
         raise DataError(f"box width/height {box[2]:g} x {box[3]:g} is negative; "
                         "expected x y w h with w, h >= 0", path=path, line=line_no)
     if len(values) == 4:
-        return FaceLabel(box=box)
+        return FaceLabel(box=box, line=line_no)
     lm = np.array(values[4:4 + 3 * NUM_LANDMARKS]).reshape(NUM_LANDMARKS, 3)
     flags = lm[:, 2].copy()
     bad = [f for f in flags if f not in (VISIBLE, OCCLUDED, MISSING)]
@@ -113,10 +114,10 @@ def parse_face_line(text: str, path=None, line_no: int | None = None) -> FaceLab
     flags[missing] = MISSING
     blur = values[_FULL_FIELDS - 1] if len(values) == _FULL_FIELDS else 0.0
     if missing.all():
-        return FaceLabel(box=box, landmarks=None, blur=blur)
+        return FaceLabel(box=box, landmarks=None, blur=blur, line=line_no)
     points = lm[:, :2].copy()
     points[missing] = -1.0
-    return FaceLabel(box=box, landmarks=points, landmark_flags=flags, blur=blur)
+    return FaceLabel(box=box, landmarks=points, landmark_flags=flags, blur=blur, line=line_no)
 
 
 def read_labels(label_txt: str | Path) -> list[LabelledImage]:
@@ -306,7 +307,7 @@ def validate_labels(images: list[LabelledImage], images_dir: str | Path,
     images_dir = Path(images_dir)
     report = {"images": len(images), "images_kept": 0, "images_missing": [], "images_unreadable": [],
               "negative_images": 0, "faces": 0, "faces_kept": 0, "faces_with_landmarks": 0,
-              "boxes_clipped": 0, "boxes_dropped_zero_area": 0, "boxes_dropped_outside": 0}
+              "boxes_clipped": 0, "boxes_dropped_zero_area": 0, "boxes_dropped_outside": 0, "boxes_dropped": []}
     kept: list[LabelledImage] = []
     for image in images:
         file = images_dir / image.path
@@ -329,18 +330,17 @@ def validate_labels(images: list[LabelledImage], images_dir: str | Path,
         faces = []
         for face in image.faces:
             x, y, w, h = face.box
-            if w <= 0 or h <= 0:
-                report["boxes_dropped_zero_area"] += 1
-                continue
             x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
             x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
-            if x2 <= x1 or y2 <= y1:
-                report["boxes_dropped_outside"] += 1
+            why = "zero_area" if w <= 0 or h <= 0 else "outside" if x2 <= x1 or y2 <= y1 else None
+            if why:
+                report[f"boxes_dropped_{why}"] += 1
+                report["boxes_dropped"].append({"line": face.line, "image": image.path, "reason": why})
                 continue
             if (x1, y1, x2, y2) != (x, y, x + w, y + h):
                 report["boxes_clipped"] += 1
                 face = FaceLabel(box=[x1, y1, x2 - x1, y2 - y1], landmarks=face.landmarks,
-                                 landmark_flags=face.landmark_flags, blur=face.blur)
+                                 landmark_flags=face.landmark_flags, blur=face.blur, line=face.line)
             faces.append(face)
             report["faces_with_landmarks"] += face.has_landmarks
         report["faces_kept"] += len(faces)

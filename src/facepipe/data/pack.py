@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
 import hashlib
 import itertools
 import json
 import multiprocessing
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +36,12 @@ from facepipe.data.crop import center_crop_resize
 from facepipe.data.insightface import InsightFaceWriter, lst_line, read_lst, relative_to_lst, write_property
 from facepipe.data.jpeg import jpeg_complete, jpeg_info
 from facepipe.errors import ConfigError, DataError
-from facepipe.manifest import MANIFEST, write_manifest
+from facepipe.manifest import MANIFEST, replacing, write_manifest
 from facepipe.progress import Progress
 from facepipe.run_logger import NullLogger, RunLogger
 
 REPORT = "pack_report.json"
+MIN_SIDE = 8  # pixels; a smaller source image is skipped
 
 
 @dataclass
@@ -95,11 +98,14 @@ def _load_aligner(detector: str):
 
 def _read_file(path: str) -> bytes:
     # os-level calls: a third of the cost of open().read() for files of a few KB
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO named .jpg must not block the pack
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        size = st.st_size
         chunks = [os.read(fd, max(size, 1))]
-        while chunks[-1]:  # a file that grew, or a size fstat does not know (pipes, /proc)
+        while chunks[-1]:  # a file that grew, or a size fstat does not know (/proc)
             chunks.append(os.read(fd, 1 << 20))
         return b"".join(chunks)
     finally:
@@ -147,6 +153,8 @@ def process_image(path: str, size: int, quality: int, geometry: tuple | None = N
         return ("skip", f"not decodable: {str(exc).strip().splitlines()[-1][:200]}", digest)
     if image is None:
         return ("skip", "not a decodable image (expected JPEG, PNG, BMP, WebP or TIFF)", digest)
+    if min(image.shape[:2]) < MIN_SIDE:  # upscaled, it would teach the model blur, not a face
+        return ("skip", f"too small: {image.shape[1]}x{image.shape[0]} px (expected at least {MIN_SIDE} a side)", digest)
     used_landmarks = None
     if geometry is not None and geometry[0] == "landmarks":
         from facepipe.gallery.align import align_face
@@ -376,6 +384,11 @@ def pack(cfg: PackConfig, src: str | Path, out_dir: str | Path, logger: RunLogge
     if src.is_dir() and (out_dir.resolve() == src.resolve() or src.resolve() in out_dir.resolve().parents):
         raise DataError(f"the output folder {out_dir} is inside the source tree; it would be packed "
                         f"as an identity (expected OUT outside SRC)", path=src)
+    with replacing(out_dir, "recordio", marker=f"{cfg.prefix}.idx") as work:  # the old set stays until done
+        return _pack_into(cfg, src, work, logger, progress)
+
+
+def _pack_into(cfg: PackConfig, src: Path, out_dir: Path, logger: RunLogger, progress: bool) -> dict:
     listing_skips: list[dict] = []
     if src.is_dir():
         folders = identity_folders(src, listing_skips)
@@ -385,8 +398,6 @@ def pack(cfg: PackConfig, src: str | Path, out_dir: str | Path, logger: RunLogge
         identities, lst_format = list_lst(src)
         n_identities, source_kind = len(identities), f"lst ({lst_format})"
         images_hint = sum(len(i.files) for i in identities)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until we finish
     workers = resolve_workers(cfg.workers)
     if images_hint is not None:
         workers = min(workers, max(1, images_hint))
@@ -406,8 +417,6 @@ def pack(cfg: PackConfig, src: str | Path, out_dir: str | Path, logger: RunLogge
     skipped = sorted(listing_skips + packer.skipped, key=lambda s: s["file"])
     dropped, writer = packer.dropped, packer.writer
     if writer.num_images == 0:
-        for name in (f"{cfg.prefix}.rec", f"{cfg.prefix}.idx", packer.lst_tmp.name):
-            (out_dir / name).unlink(missing_ok=True)
         reasons = sorted({s["reason"] for s in skipped} | {d["reason"] for d in dropped})
         raise DataError(f"no images packed: {packer.seen} file(s) seen, {len(skipped)} skipped, "
                         f"{len(dropped)} identities dropped ({'; '.join(reasons[:3]) or 'nothing found'})",

@@ -70,10 +70,11 @@ def load_samples(label_txt: str | Path, strict: bool = False) -> list[Sample]:
             names = ", ".join(report[key][:10]) + (" ..." if len(report[key]) > 10 else "")
             print(f"warning: {label_txt}: {len(report[key])} image(s) {key.split('_')[1]} under {images_dir}, "
                   f"skipped: {names}", file=sys.stderr)
-    if report["boxes_clipped"] or report["boxes_dropped_zero_area"] or report["boxes_dropped_outside"]:
+    if report["boxes_clipped"] or report["boxes_dropped"]:
+        lines = ", ".join(str(d["line"]) for d in report["boxes_dropped"][:10])
         print(f"warning: {label_txt}: {report['boxes_clipped']} box(es) clipped to the image, "
               f"{report['boxes_dropped_zero_area']} zero-area and {report['boxes_dropped_outside']} "
-              f"outside the image dropped", file=sys.stderr)
+              f"outside the image dropped" + (f" (lines {lines})" if lines else ""), file=sys.stderr)
     if not images:
         raise DataError(f"no usable images ({report['images']} listed, "
                         f"{len(report['images_missing'])} missing)", path=label_txt)

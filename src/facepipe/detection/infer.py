@@ -43,15 +43,14 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
 
 def load_detector_checkpoint(path: str | Path) -> dict:
     """A detector model.pt as a dict, with a clear error for a missing or wrong file."""
+    from facepipe.training.checkpoint import load_torch_file
+
     path = Path(path)
     if not path.is_file():
         raise DataError("detector model not found (expected a model.pt from train-detection)", path=path)
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle/zip errors have many types; all mean "not a model.pt"
-        raise DataError(f"not a loadable model.pt: {exc}", path=path) from None
-    if not isinstance(blob, dict) or blob.get("kind") != "detector":
-        kind = blob.get("kind") if isinstance(blob, dict) else type(blob).__name__
+    blob = load_torch_file(path, "detector model.pt")
+    if blob.get("kind") != "detector":
+        kind = blob.get("kind")
         raise DataError(f"expected a detector model.pt (kind 'detector'), found kind {kind!r}", path=path)
     return blob
 

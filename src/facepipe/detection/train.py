@@ -84,13 +84,14 @@ def train_detection(cfg: DetectionTrainConfig, data_dir: str | Path, out_dir: st
 def _train(cfg: DetectionTrainConfig, data_dir: Path, out_dir: Path, logger, ctx) -> dict:
     from torch.nn.parallel import DistributedDataParallel
 
-    from facepipe.manifest import write_manifest
+    from facepipe.manifest import content_digest, write_manifest
 
     device, world = ctx.device, ctx.world
     torch.manual_seed(cfg.seed)
     train_samples = load_samples(find_label_file(data_dir, "train"))
-    if not train_samples:
-        raise DataError("no training images listed", path=find_label_file(data_dir, "train"))
+    if not load_samples.last_report["faces_kept"]:  # only negatives: it would learn that nothing is a face
+        raise DataError(f"no faces: {len(train_samples)} usable image(s), none with a usable box",
+                        path=find_label_file(data_dir, "train"))
     val_label = data_dir / "val" / "label.txt"
     val_samples = load_samples(val_label) if val_label.is_file() else []
     dataset = DetectionDataset(train_samples, cfg.image_size, cfg.seed, True, cfg.crop_scales,
@@ -106,7 +107,8 @@ def _train(cfg: DetectionTrainConfig, data_dir: Path, out_dir: Path, logger, ctx
     budget = TimeBudget(cfg.time_budget_min, ctx)
     scheduler = lr_scheduler(optimizer, cfg, total_steps, round(cfg.warmup_epochs * spe), budget)
     scaler = grad_scaler(device, cfg.amp)
-    checkpoints, state = Checkpoints(out_dir, ctx, to_dict(cfg), RESUME_FREE_KEYS), TrainState()
+    data = {"digest": content_digest(find_label_file(data_dir, "train")), "images": len(train_samples)}
+    checkpoints, state = Checkpoints(out_dir, ctx, to_dict(cfg), RESUME_FREE_KEYS, data), TrainState()
     stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, **({"scaler": scaler} if scaler else {})}
     ckpt = checkpoints.resume(stateful)
     state = TrainState.from_dict(ckpt["state"]) if ckpt else state

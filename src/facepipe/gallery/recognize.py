@@ -185,6 +185,10 @@ def recognize(cfg: RecognizeConfig, data_dir, gallery_dir, detector_path, recogn
                 resolve()
             progress.update(1, faces=sum(len(r["faces"]) for r in results))
         resolve()
+    bad = [r for r in results if "error" in r]
+    if bad and len(bad) == len(results):  # a result of nothing but errors is no result
+        raise DataError(f"none of the {len(bad)} images could be read (first: {bad[0]['file']}: {bad[0]['error']})",
+                        path=data_dir)
 
     faces = [f for r in results for f in r["faces"]]
     named = [f["identity"] for f in faces if f["identity"] != UNKNOWN]

@@ -22,7 +22,6 @@ A gallery folder holds
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +30,8 @@ import numpy as np
 from facepipe.errors import DataError
 from facepipe.gallery.calibration import calibrate, mean_templates
 from facepipe.gallery.search import SearchIndex
-from facepipe.manifest import read_manifest, write_manifest
+from facepipe.manifest import check_replaceable as manifest_check_replaceable
+from facepipe.manifest import read_manifest, replacing, write_manifest
 
 FORMAT_VERSION = 1
 GALLERY_KIND = "gallery"
@@ -295,35 +295,13 @@ class Gallery:
 
 def check_replaceable(final_dir: Path) -> None:
     """Only an earlier gallery (or nothing) may be replaced: never a user's unrelated folder."""
-    if not final_dir.exists() or (final_dir.is_dir() and not any(final_dir.iterdir())):
-        return
-    manifest = final_dir / "manifest.json"
-    kind = None
-    if manifest.is_file():
-        try:
-            kind = json.loads(manifest.read_text()).get("kind")
-        except (json.JSONDecodeError, AttributeError):
-            kind = None
-    if kind != GALLERY_KIND and not (final_dir / "gallery.json").is_file():
-        raise DataError("exists and is not a facepipe gallery; refusing to replace it (choose a new or "
-                        "empty output folder)", path=final_dir)
+    manifest_check_replaceable(final_dir, GALLERY_KIND, marker="gallery.json")
 
 
 def save_replacing(gallery: Gallery, final_dir: Path, extra_report: dict | None = None) -> None:
     """Write the gallery beside `final_dir`, then swap it in: the old one stays intact until then."""
-    check_replaceable(final_dir)
-    tmp = final_dir.with_name(final_dir.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    gallery.save(tmp, extra_report=extra_report)
-    backup = final_dir.with_name(final_dir.name + ".old")
-    if backup.exists():
-        shutil.rmtree(backup)
-    if final_dir.exists():
-        final_dir.rename(backup)
-    tmp.rename(final_dir)
-    if backup.exists():
-        shutil.rmtree(backup)
+    with replacing(final_dir, GALLERY_KIND, marker="gallery.json") as tmp:
+        gallery.save(tmp, extra_report=extra_report)
 
 
 def gallery_info(gallery_dir) -> dict:

@@ -42,6 +42,7 @@ SCRATCH_ENV = "FACEPIPE_SCRATCH_DIR"
 PARENT_ENV = "FACEPIPE_MLFLOW_PARENT_RUN_ID"
 KFP_RUN_ENV = "FACEPIPE_KFP_RUN_ID"
 SPOOL_ENV = "FACEPIPE_TRACKING_SPOOL"
+RUN_PID_ENV = "FACEPIPE_RUN_PID"  # set by `facepipe run`: its step processes end when it dies
 LAST_STEP = "evaluate"  # on a cluster, its end (or any step's failure) ends the parent run
 TIMINGS_ENV = "FACEPIPE_TIMINGS"
 MAX_PLOTS = 24
@@ -239,6 +240,27 @@ def _kfp_parent(step: str) -> str:
                                        {"facepipe.kfp_run_id": kfp_run_id, "facepipe.created_by_step": step})
 
 
+def _end_with(pid: int, every_s: float = 1.0) -> None:
+    """End this step process soon after process `pid` (the `facepipe run` that started it) is gone,
+    even killed by SIGKILL, which no handler sees: its steps would run on with nobody to record them."""
+    import signal
+    import threading
+
+    def watch():
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                print(f"[facepipe] the run (pid {pid}) is gone; ending this step", file=sys.stderr, flush=True)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            except PermissionError:
+                pass  # alive, another user's
+            time.sleep(every_s)
+
+    threading.Thread(target=watch, name="facepipe-run-watch", daemon=True).start()
+
+
 def run_step(step: str, config: Mapping[str, Any], inputs_by_arg: Mapping[str, str | None], out_path: str,
              metrics=None, report=None, parent_run_id: str = "", output_uri: str = "") -> dict:
     """Run one step the way a component does; returns the step's result dict.
@@ -250,6 +272,9 @@ def run_step(step: str, config: Mapping[str, Any], inputs_by_arg: Mapping[str, s
     """
     from facepipe import edge, storage
     from facepipe.config import to_dict
+
+    if os.environ.get(RUN_PID_ENV):
+        _end_with(int(os.environ[RUN_PID_ENV]))
     from facepipe.orchestration.params import decode_config
 
     record = STEPS[step]

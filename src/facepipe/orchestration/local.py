@@ -22,7 +22,6 @@ network, credentials/MLflow settings as environment, GPUs when the host has them
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -40,7 +39,7 @@ import yaml
 
 from facepipe.config import project_file
 from facepipe.errors import ConfigError, FacepipeError
-from facepipe.manifest import sha256_file
+from facepipe.manifest import MANIFEST, content_digest, sha256_file
 from facepipe.orchestration.params import RUN_PARAMETERS, RUN_SECTION, Arguments
 
 DEFAULT_PIPELINE = project_file("pipeline.yaml")
@@ -189,9 +188,11 @@ class RunRecord:
         path = folder / RUN_RECORD
         try:
             body = json.loads(path.read_text())
+            record = cls(**{k: v for k, v in body.items() if k in cls.__dataclass_fields__})
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such run") from None
-        record = cls(**{k: v for k, v in body.items() if k in cls.__dataclass_fields__})
+        except (ValueError, TypeError, AttributeError) as exc:  # truncated, not JSON, or not a record
+            raise ConfigError(f"{path}: corrupt run record ({type(exc).__name__}: {exc})") from None
         if record.status == "running" and record.host == socket.gethostname() and not _alive(record.pid):
             record.status = "interrupted"  # its process died without writing the end of the record
         return record
@@ -215,8 +216,8 @@ def list_runs(root: str | Path | None = None) -> list[RunRecord]:
     for path in sorted(base.glob(f"*/{RUN_RECORD}")):
         try:
             out.append(RunRecord.load(path.parent))
-        except (ValueError, TypeError, ConfigError):
-            continue
+        except ConfigError as exc:
+            print(f"warning: {exc}", file=sys.stderr)  # named, not hidden
     return out
 
 
@@ -256,16 +257,6 @@ def _task_states(spec: PipelineSpec, kfp_root: Path, finished: bool) -> dict[str
     return states
 
 
-def _data_digest(data_dir: str | None) -> str:
-    if not data_dir:
-        return ""
-    manifest = Path(data_dir) / "manifest.json"
-    if not manifest.exists():
-        return ""
-    files = json.loads(manifest.read_text()).get("files", {})
-    return "sha256:" + hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-
-
 def _tracking_setup(base: Path) -> str:
     """MLFLOW_TRACKING_URI, else the runs folder's sqlite store; exported for the step processes."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{base / 'mlflow.db'}"
@@ -284,7 +275,7 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
     import kfp.local
     from kfp import components
 
-    from facepipe.orchestration.component_runtime import PARENT_ENV, SCRATCH_ENV, SPOOL_ENV
+    from facepipe.orchestration.component_runtime import PARENT_ENV, RUN_PID_ENV, SCRATCH_ENV, SPOOL_ENV
     from facepipe.orchestration.images import image_digests, read_lock
 
     spec = PipelineSpec(pipeline or DEFAULT_PIPELINE)
@@ -307,6 +298,7 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
     record.save(folder)
 
     os.environ[SCRATCH_ENV] = str(base / "scratch")
+    os.environ[RUN_PID_ENV] = str(os.getpid())  # the steps end when this process dies (kill -9 too)
     parent_id = None
     if track:
         from facepipe import tracking
@@ -407,9 +399,11 @@ def _replay_leftovers(base: Path) -> None:
 def _finish_parent(parent_id: str, record: RunRecord) -> None:
     from facepipe.tracking import MlflowLogger, end_run
 
+    images = record.outputs.get("images")
     logger = MlflowLogger(parent_id)
     logger.set_tags({**{f"facepipe.step.{k}": v for k, v in record.steps.items()},
-                     "facepipe.input_data_digest": _data_digest(record.outputs.get("images")),
+                     "facepipe.input_data_digest": f"sha256:{content_digest(images)}"
+                     if images and (Path(images) / MANIFEST).exists() else "",
                      "facepipe.status": record.status})
     metrics_path = record.outputs.get("metrics")
     if metrics_path and Path(metrics_path).is_file():

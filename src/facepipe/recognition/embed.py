@@ -29,16 +29,14 @@ class Recognizer:
 
         from facepipe.manifest import sha256_file
         from facepipe.recognition.backbones import build_backbone
+        from facepipe.training.checkpoint import load_torch_file
 
         path = Path(path)
         if not path.is_file():
             raise DataError("recognizer model not found", path=path)
-        try:
-            blob = torch.load(path, map_location=device, weights_only=True)
-        except Exception as exc:  # torch raises several types for a file that is not a checkpoint
-            raise DataError(f"not a facepipe model.pt: {exc}", path=path) from None
-        if not isinstance(blob, dict) or blob.get("kind") != "recognizer":
-            kind = blob.get("kind") if isinstance(blob, dict) else type(blob).__name__
+        blob = load_torch_file(path, "recognizer model.pt", device)
+        if blob.get("kind") != "recognizer":
+            kind = blob.get("kind")
             raise DataError(f"expected a recognizer model.pt, found kind {kind!r}", path=path)
         cfg = blob["config"]
         backbone = build_backbone(cfg["backbone"], blob["input_size"], blob["embedding_size"],

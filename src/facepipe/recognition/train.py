@@ -124,6 +124,7 @@ def _train(cfg, data_dir: Path, out_dir: Path, logger: RunLogger, ctx) -> dict:
     from torch.utils.data import DataLoader
 
     from facepipe.data.insightface import FaceRecordSet
+    from facepipe.manifest import content_digest
     from facepipe.recognition.backbones import build_backbone, faces_to_tensor
     from facepipe.recognition.data import FaceDataset, PKBatches, ShuffledBatches, check_records
     from facepipe.recognition.engine import Criterion, evaluate
@@ -168,7 +169,8 @@ def _train(cfg, data_dir: Path, out_dir: Path, logger: RunLogger, ctx) -> dict:
     scheduler = lr_scheduler(optimizer, cfg, total_steps, round(cfg.warmup_epochs * steps_per_epoch), budget)
     scaler = grad_scaler(device, cfg.amp)
 
-    checkpoints, state = Checkpoints(out_dir, ctx, to_dict(cfg), RESUME_FREE_KEYS), TrainState()
+    data = {"digest": content_digest(data_dir), "num_classes": records.num_classes, "images": len(records)}
+    checkpoints, state = Checkpoints(out_dir, ctx, to_dict(cfg), RESUME_FREE_KEYS, data), TrainState()
     stateful = {**modules, "optimizer": optimizer, "scheduler": scheduler, **({"scaler": scaler} if scaler else {})}
     ckpt = checkpoints.resume(stateful)
     state = TrainState.from_dict(ckpt["state"]) if ckpt else state

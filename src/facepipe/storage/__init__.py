@@ -20,7 +20,8 @@ Environment (read on each call, never logged):
   myhuaweicloud.com, else v4), OBS_PATH_STYLE (1/0).
 - FACEPIPE_STORAGE_ATTEMPTS (default 5), FACEPIPE_STORAGE_BACKOFF_S (first wait, default 0.5 s,
   doubling), FACEPIPE_STORAGE_WORKERS (parallel files, default 16),
-  FACEPIPE_STORAGE_PART_MB (multipart part size, default 16).
+  FACEPIPE_STORAGE_PART_MB (multipart part size, default 16), FACEPIPE_STORAGE_TIMEOUT_S (how long
+  a request waits for an answer, default 20).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from facepipe.storage.transfer import TransferReport, backend_for, download, upl
 from facepipe.storage.uri import SCHEMES, Location, parse_uri
 
 __all__ = ["MANIFEST", "SCHEMES", "Entry", "Location", "StorageError", "TransferReport", "download", "exists",
-           "is_complete", "localize", "ls", "output_dir", "parse_uri", "publish", "upload"]
+           "check_writable", "is_complete", "localize", "ls", "output_dir", "parse_uri", "publish", "upload"]
 
 
 # ---- queries
@@ -138,18 +139,42 @@ def publish(local_dir: str | os.PathLike, uri: str | os.PathLike, *, quiet: bool
 
 @contextlib.contextmanager
 def output_dir(uri: str | os.PathLike, *, quiet: bool = False):
-    """Yield a local folder for a step to write; a remote uri gets it published on success.
+    """Yield a local folder for a step to write; a remote uri is checked writable first and gets the
+    folder published on success (kept, and named in the error, when that upload fails).
 
     A local uri is used directly (the step's own manifest marks it complete).
     """
     loc = parse_uri(uri)
     if loc.is_local:
+        made = not loc.path.exists()
         loc.path.mkdir(parents=True, exist_ok=True)
-        yield loc.path
+        try:
+            yield loc.path
+        except BaseException:
+            if made:  # a failed step leaves no empty output folder behind
+                with contextlib.suppress(OSError):
+                    loc.path.rmdir()
+            raise
         return
+    check_writable(loc)  # before the work: a missing bucket found after hours of training loses them
     tmp = Path(tempfile.mkdtemp(prefix="facepipe-out-"))
     try:
         yield tmp
-        publish(tmp, uri, quiet=quiet)
-    finally:
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        publish(tmp, uri, quiet=quiet)
+    except StorageError as exc:
+        raise StorageError(f"{exc}; the finished output is kept at {tmp} (publish it with: facepipe storage cp "
+                           f"{tmp} {uri})") from None
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_writable(loc: Location) -> None:
+    """Put and delete a small probe object under loc: the bucket exists, the credentials work and
+    writing is allowed (StorageError naming the URI and endpoint otherwise)."""
+    be = backend_for(loc)
+    probe = loc.child(f".facepipe-write-check-{os.getpid()}")
+    with_retries("write check", str(loc), be.endpoint, lambda: be.put_bytes(probe, b"facepipe write check"))
+    with_retries("write check", str(loc), be.endpoint, lambda: be.delete(probe))

@@ -70,6 +70,12 @@ class ObjectInfo:
     sha256: str | None  # from the object's metadata, when it was uploaded by facepipe
 
 
+def read_timeout_s() -> float:
+    """How long a request waits for the server's answer: a server that accepts and stays silent
+    costs this per attempt, not minutes."""
+    return float(os.environ.get("FACEPIPE_STORAGE_TIMEOUT_S", "20"))
+
+
 def part_size() -> int:
     return int(float(os.environ.get("FACEPIPE_STORAGE_PART_MB", "16")) * (1 << 20))
 

@@ -9,7 +9,8 @@ from typing import Iterator
 from urllib.parse import urlparse
 
 from facepipe.errors import StorageError
-from facepipe.storage.backend import NO_BUCKET, NotFound, ObjectInfo, Permanent, Transient, need_env, part_size
+from facepipe.storage.backend import (NO_BUCKET, NotFound, ObjectInfo, Permanent, Transient, need_env, part_size,
+                                      read_timeout_s)
 from facepipe.storage.uri import Location
 
 
@@ -43,7 +44,7 @@ class ObsBackend:
             security_token=os.environ.get("OBS_SECURITY_TOKEN") or None,
             server=f"{parsed.scheme}://{parsed.netloc}", is_secure=parsed.scheme == "https",
             signature=signature, region=region, path_style=path_style,
-            max_retry_count=1, timeout=60)
+            max_retry_count=1, timeout=read_timeout_s())
 
     @staticmethod
     def _check(resp, what: str):

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from facepipe.storage.backend import NO_BUCKET, NotFound, ObjectInfo, Permanent, Transient, need_env, part_size
+from facepipe.storage.backend import (NO_BUCKET, NotFound, ObjectInfo, Permanent, Transient, need_env, part_size,
+                                      read_timeout_s)
 from facepipe.storage.uri import Location
 
 
@@ -30,7 +31,7 @@ class S3Backend:
             need_env(pair, "s3")
         region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
         config = Config(
-            region_name=region, max_pool_connections=64, connect_timeout=5, read_timeout=60,
+            region_name=region, max_pool_connections=64, connect_timeout=5, read_timeout=read_timeout_s(),
             # One quick retry inside botocore for a dropped part; the outer loop does the backoff.
             retries={"max_attempts": 2, "mode": "standard"},
             s3={"addressing_style": "path" if self.endpoint else "auto"})

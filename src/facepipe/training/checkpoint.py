@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from facepipe.config import diff
-from facepipe.errors import ConfigError, FacepipeError
+from facepipe.errors import ConfigError, DataError, FacepipeError
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"  # written by rank 0 once every rank's shard is on disk
@@ -20,6 +20,34 @@ KEEP_CHECKPOINTS = 2
 
 class NonFiniteLoss(FacepipeError):
     """The loss became NaN or infinite; training stops and keeps the last good checkpoint."""
+
+
+def non_finite(tensors: dict) -> list[str]:
+    """The keys whose floating-point tensor holds NaN or inf."""
+    return [k for k, v in tensors.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def load_torch_file(path: Path, what: str, map_location="cpu") -> dict:
+    """A torch file facepipe wrote (model.pt or a checkpoint shard), loaded weights_only; anything
+    else is a one-line DataError naming the file instead of torch's multi-paragraph message."""
+    import pickle
+
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise DataError(f"not a facepipe {what}: it holds Python objects beyond tensors (refused unloaded)",
+                        path=path) from None
+    except Exception as exc:  # zip, pickle and EOF errors of many types: a truncated or foreign file
+        raise DataError(f"not a facepipe {what}: truncated or not a torch file ({type(exc).__name__}: "
+                        f"{str(exc).strip().splitlines()[0][:120] if str(exc).strip() else 'no detail'})",
+                        path=path) from None
+    if not isinstance(blob, dict):
+        raise DataError(f"not a facepipe {what}: holds a {type(blob).__name__}, expected a dict", path=path)
+    bad = non_finite(blob.get("state_dict", {}))
+    if bad:
+        raise DataError(f"{what} weights are not finite ({bad[0]} holds NaN or inf: its training diverged); "
+                        f"retrain it, e.g. with a lower lr", path=path)
+    return blob
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
@@ -31,21 +59,27 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 class Checkpoints:
     """The checkpoints of one run in `out_dir`, for the process `ctx`; `free_keys`: config keys that
-    may change on resume because they do not change what is learned (the config's RESUME_FREE_KEYS)."""
+    may change on resume because they do not change what is learned (the config's RESUME_FREE_KEYS);
+    `data`: what identifies the training data ({"digest": manifest.content_digest(...), counts}), checked on resume."""
 
-    def __init__(self, out_dir: Path, ctx, config: dict, free_keys):
+    def __init__(self, out_dir: Path, ctx, config: dict, free_keys, data: dict | None = None):
         self.out_dir, self.ctx, self.config, self.free_keys = Path(out_dir), ctx, config, free_keys
+        self.data = data or {}
         self.saved_step = -1
 
     def save(self, stateful: dict, state) -> Path:
         """Writes every object's state_dict, the TrainState and the RNG; all ranks call it together."""
         step = state.step
+        bad = [f"{name}.{k}" for name, obj in stateful.items() for k in non_finite(obj.state_dict())]
+        if bad:  # so that every checkpoint on disk, the "last good" one included, is finite
+            raise NonFiniteLoss(f"weights became non-finite by step {step} ({bad[0]}); training stopped, "
+                                f"{self._last_good()}")
         folder = self.out_dir / CHECKPOINTS / f"step-{step:09d}"
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f"rank{self.ctx.rank}.pt.tmp"
         cuda = self.ctx.device.type == "cuda"
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if cuda else None}
-        torch.save({"config": self.config, "state": state.as_dict(), "rng": rng,
+        torch.save({"config": self.config, "data": self.data, "state": state.as_dict(), "rng": rng,
                     **{name: obj.state_dict() for name, obj in stateful.items()}}, tmp)
         os.replace(tmp, folder / f"rank{self.ctx.rank}.pt")
         self.ctx.barrier()
@@ -68,9 +102,15 @@ class Checkpoints:
             raise ConfigError(f"{folder}: written by {info['world_size']} processes, resuming with {self.ctx.world}; "
                               f"resume with the same number of processes (the shards differ)")
         try:
-            ckpt = torch.load(folder / f"rank{self.ctx.rank}.pt", map_location=self.ctx.device, weights_only=True)
-        except Exception as exc:  # torch raises several types for a truncated or foreign file
-            raise ConfigError(f"{folder}: cannot load the resume checkpoint ({exc}); delete it to start over") from None
+            ckpt = load_torch_file(folder / f"rank{self.ctx.rank}.pt", "checkpoint", self.ctx.device)
+        except DataError as exc:  # marked COMPLETE, yet truncated or foreign
+            raise ConfigError(f"{exc}; delete {folder} to resume from the one before, or {self.out_dir} "
+                              f"to start over") from None
+        if ckpt.get("data", self.data) != self.data:  # before loading: another class count breaks the head
+            was, now = ckpt["data"], self.data
+            detail = ", ".join(f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in sorted(now) if was.get(k) != now[k])
+            raise ConfigError(f"{self.out_dir} holds a run trained on other data ({detail}); resume with the "
+                              f"same DATA_PATH, or use a new MODEL_OUTPUT_PATH to start over")
         saved = ckpt["config"]
         changed = diff(saved, self.config, ignore=self.free_keys)
         if changed:
@@ -88,6 +128,8 @@ class Checkpoints:
 
     def check_finite(self, loss: torch.Tensor, step: int, hint: str) -> None:
         if not torch.isfinite(loss):
-            good = latest_checkpoint(self.out_dir)
-            where = f"the last good checkpoint is {good}" if good else "no checkpoint was written before it"
-            raise NonFiniteLoss(f"loss became {loss.item()} at step {step}; {hint}; training stopped, {where}")
+            raise NonFiniteLoss(f"loss became {loss.item()} at step {step}; {hint}; training stopped, {self._last_good()}")
+
+    def _last_good(self) -> str:
+        good = latest_checkpoint(self.out_dir)
+        return f"the last good checkpoint is {good}" if good else "no checkpoint was written before it"
