@@ -53,10 +53,14 @@ def local_inputs(step: Step, inputs: Mapping[str, Any], quiet: bool = False):
 
 
 def call_step(step: Step, cfg, inputs: Mapping[str, str | None], out_dir, logger, **options) -> dict:
-    """Log the config as the run's params (the only place they are logged), then run the step."""
+    """Log the config as the run's params (the only place they are logged), then run the step (on
+    every rank of this node where its config's `nproc_per_node` asks for more than one)."""
     from facepipe.config import to_dict
+    from facepipe.training import launch
 
     logger.log_params(to_dict(cfg))
+    if launch.needs_launch(cfg):
+        return launch.launch(step.name, cfg, dict(inputs), str(out_dir), logger, **options)
     return dict(step.step_function()(cfg, **inputs, out_dir=str(out_dir), logger=logger, **options) or {})
 
 
