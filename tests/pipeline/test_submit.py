@@ -179,3 +179,27 @@ def test_modelarts_refuses_bad_requests(pinned_lock, monkeypatch):
     monkeypatch.setenv("HUAWEICLOUD_SDK_AK", "ak")
     with pytest.raises(StorageError, match="HUAWEICLOUD_SDK_SK, HUAWEICLOUD_SDK_PROJECT_ID"):
         modelarts.client()
+
+
+def test_modelarts_wait_prints_each_state_and_the_new_log_lines():
+    """`--wait` on the two API calls it makes, answered as ModelArts answers them (SDK response models)."""
+    from huaweicloudsdkmodelarts.v1 import model as ma
+
+    from facepipe.orchestration import modelarts
+
+    class Answers:  # the job's life as ModelArts reports it, one poll at a time
+        phases = iter(["Pending", "Running", "Running", "Completed"])
+        logs = iter(["step 1\n", "step 1\nstep 2\n", "step 1\nstep 2\ndone\n"])
+
+        def show_training_job_details(self, request):
+            assert request.training_job_id == "job-1"
+            return ma.ShowTrainingJobDetailsResponse(status=ma.Status(phase=next(self.phases)))
+
+        def show_training_job_logs_preview(self, request):
+            assert request.task_id == "worker-0"
+            return ma.ShowTrainingJobLogsPreviewResponse(content=next(self.logs))
+
+    lines = []
+    assert modelarts.follow("job-1", Answers(), poll_s=0, out=lines.append) == "Completed"
+    assert lines == ["[modelarts] job job-1: Pending", "[modelarts] job job-1: Running", "step 1", "step 2",
+                     "[modelarts] job job-1: Completed", "done"]

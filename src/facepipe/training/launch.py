@@ -59,11 +59,16 @@ def launch(step_name: str, cfg, inputs: dict, out_dir: str, logger, **options) -
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     n = ranks_per_node(cfg)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # as torchrun: n ranks share the cores
+    threads_set = "OMP_NUM_THREADS" not in os.environ
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # as torchrun: n ranks share the cores (read at spawn)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=n, run_id=f"facepipe-{uuid.uuid4()}",
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn")
     print(f"[facepipe] {step_name}: starting {n} ranks on this node", flush=True)
-    result, logged = elastic_launch(config, _rank)(step_name, cfg, dict(inputs), str(out_dir), options)[0]
+    try:
+        result, logged = elastic_launch(config, _rank)(step_name, cfg, dict(inputs), str(out_dir), options)[0]
+    finally:
+        if threads_set:
+            os.environ.pop("OMP_NUM_THREADS")
     by_step: dict = {}
     for key, value, step in logged["metrics"]:
         by_step.setdefault(step, {})[key] = value
