@@ -4,7 +4,10 @@
 
 Full step: reading the .rec, decoding, augmenting (DataLoader workers), forward, margin loss,
 backward, clipping, optimizer, scheduler, logging. Bare loop: the same backbone, head, batch,
-autocast, clipping and optimizer on one in-memory tensor batch. Both run in child processes
+autocast, clipping and optimizer on one in-memory uint8 batch turned into the model's input by the
+step's own `faces_to_tensor` (so the same channels-last memory format), with the same torch thread
+count, warm-up steps untimed on both sides (the full step warms up in two short runs before the
+timed one). It is the upper bound the full step is held to. Both run in child processes
 (alternating, two rounds, best of each) so each reports its own peak memory. Throughput is given
 per wall-second and per CPU-second (process + loader workers), the latter stable under load.
 Goal: full >= 0.9x bare (the data path is never the bottleneck).
@@ -22,6 +25,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
+
+WARMUP_STEPS = 3  # untimed in the bare loop; the full step's are spent in its two short runs
 
 
 def _peak_mb() -> float:
@@ -47,7 +54,11 @@ def _cpu_s() -> float:
 
 
 def phase_full(args) -> dict:
+    import torch
+
     from facepipe.recognition.train import train_recognition
+
+    torch.set_num_threads(args.threads)
 
     # CPU per step = (CPU of a long run - CPU of a 3-step run) / extra steps: start-up, the final
     # checkpoint and model.pt cancel out; what is left is the steady step, workers included
@@ -66,29 +77,36 @@ def phase_bare(args) -> dict:
     import torch
 
     from facepipe.data.insightface import FaceRecordSet
-    from facepipe.recognition.backbones import build_backbone
+    from facepipe.recognition.backbones import build_backbone, faces_to_tensor
     from facepipe.training.context import autocast
     from facepipe.recognition.losses import MarginHead
 
+    torch.set_num_threads(args.threads)
     cfg = _config(args)
     num_classes = FaceRecordSet(args.data).num_classes
     torch.manual_seed(0)
-    model = build_backbone(cfg.backbone, cfg.input_size, cfg.embedding_size, cfg.width)
-    head = MarginHead(num_classes, cfg.embedding_size, cfg.loss, cfg.margins(), cfg.scale)
+    model = build_backbone(cfg.backbone, cfg.input_size, cfg.embedding_size, cfg.width, cfg.dropout)
+    head = MarginHead(num_classes, cfg.embedding_size, cfg.loss, cfg.margins(), cfg.scale,
+                      cfg.partial_fc_sample_rate)
     params = list(model.parameters()) + list(head.parameters())
-    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
-    x = torch.randn(cfg.batch_size, 3, cfg.input_size, cfg.input_size)
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    # a decoded batch as the loader hands it over (uint8 NHWC BGR); the step's conversion makes it NCHW
+    # with channels-last strides, which changes the conv kernels; random normal NCHW would not
+    faces = np.random.default_rng(0).integers(0, 256, (cfg.batch_size, cfg.input_size, cfg.input_size, 3),
+                                              dtype=np.uint8)
     y = torch.randint(0, num_classes, (cfg.batch_size,))
     rates, cpu = [], []
-    for _ in range(args.steps):
+    for step in range(WARMUP_STEPS + args.steps):
         t, c = time.perf_counter(), time.process_time()
         with autocast(torch.device("cpu"), cfg.amp):
-            emb = model(x)
+            emb = model(faces_to_tensor(faces))
         loss, _ = head(emb.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)  # the model work of a real step, data aside
         opt.step()
+        if step < WARMUP_STEPS:
+            continue
         rates.append(cfg.batch_size / (time.perf_counter() - t))
         cpu.append(cfg.batch_size / (time.process_time() - c))
     return {"samples_per_s": statistics.median(rates), "samples_per_cpu_s": statistics.median(cpu),
@@ -127,9 +145,14 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--amp", action="store_true", help="bf16 autocast (CPU)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads in both phases (0: torch's default)")
     ap.add_argument("--data", help="packed .rec folder (default: synthesise 40 identities x 16 faces)")
     ap.add_argument("--phase", choices=["full", "bare"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if not args.threads:
+        import torch
+
+        args.threads = torch.get_num_threads()
     if args.phase:
         result = phase_full(args) if args.phase == "full" else phase_bare(args)
         print("RESULT " + json.dumps(result))
@@ -146,7 +169,7 @@ def main(argv=None) -> int:
     data_rate = data_path_rate(args)
     base = [sys.executable, __file__, "--data", args.data, "--backbone", args.backbone, "--width", str(args.width),
             "--input-size", str(args.input_size), "--batch", str(args.batch), "--steps", str(args.steps),
-            "--workers", str(args.workers)] + (["--amp"] if args.amp else [])
+            "--workers", str(args.workers), "--threads", str(args.threads)] + (["--amp"] if args.amp else [])
     runs: dict[str, list[dict]] = {"bare": [], "full": []}
     for _ in range(2):
         for phase in ("bare", "full"):
@@ -160,9 +183,9 @@ def main(argv=None) -> int:
     bare, full = best["bare"], best["full"]
     print(f"{args.backbone} width {args.width} at {args.input_size}px, batch {args.batch}, "
           f"{'bf16' if args.amp else 'fp32'}, {args.workers} loader worker(s), "
-          f"threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
+          f"{args.threads} torch thread(s) in both phases, {os.cpu_count()} CPUs")
     print(f"{'':<34}{'samples/s':>10}{'samples/CPU-s':>15}{'peak MB':>9}")
-    for name, r in (("bare loop (in-memory tensors)", bare), ("full step (.rec, decode, augment)", full)):
+    for name, r in (("bare loop (in-memory batch)", bare), ("full step (.rec, decode, augment)", full)):
         print(f"{name:<34}{r['samples_per_s']:>10.1f}{r['samples_per_cpu_s']:>15.1f}{r['peak_mb']:>9.0f}")
     print(f"data path alone (read, decode, augment, collate; this process): {data_rate:.0f} samples/s "
           f"= {100 * bare['samples_per_s'] / data_rate:.1f}% of a bare step's time if done inline")

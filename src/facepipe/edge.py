@@ -80,12 +80,17 @@ class _SeenMetrics:
 
 def call_step(step: Step, cfg, inputs: Mapping[str, str | None], out_dir, logger, **options) -> dict:
     """Log the config as the run's params and, after the step, its result's numbers that it did not
-    log itself by training step: the only place a step run's params and final metrics are logged."""
+    log itself by training step: the only place a step run's params and final metrics are logged.
+    The step runs on every rank of this node where its config's `nproc_per_node` asks for more than one."""
     from facepipe.config import to_dict
+    from facepipe.training import launch
 
     logger.log_params(to_dict(cfg))
     seen = _SeenMetrics(logger)
-    result = dict(step.step_function()(cfg, **inputs, out_dir=str(out_dir), logger=seen, **options) or {})
+    if launch.needs_launch(cfg):
+        result = launch.launch(step.name, cfg, dict(inputs), str(out_dir), seen, **options)
+    else:
+        result = dict(step.step_function()(cfg, **inputs, out_dir=str(out_dir), logger=seen, **options) or {})
     final = {k: v for k, v in flat_metrics(result).items() if k not in seen.seen}
     if final:
         logger.log_metrics(final)
@@ -103,14 +108,21 @@ def run_command(step_name: str, cfg, inputs: Mapping[str, Any], out: str, *, run
     """A CLI step command: localize the inputs, run the step into `out` (published there when it is
     a URI) inside an MLflow run when tracking is on; returns the step's result.
 
-    Under torchrun only the main process tracks and publishes; the others write into `out` as given.
+    Under torchrun only the main process tracks and publishes; the others write into `out` as given,
+    or, where it is a URI (nodes of a TrainJob or a ModelArts job), into a folder of their own that
+    holds their checkpoint shards until they exit.
     """
+    import tempfile
+
     from facepipe.tracking import command_logger
 
     step = STEPS[step_name]
     with contextlib.ExitStack() as stack:
         local = stack.enter_context(local_inputs(step, inputs, quiet=quiet))
-        out_dir = stack.enter_context(storage.output_dir(out, quiet=quiet)) if main_process else out
+        if main_process:
+            out_dir = stack.enter_context(storage.output_dir(out, quiet=quiet))
+        else:
+            out_dir = out if storage.parse_uri(out).is_local else stack.enter_context(tempfile.TemporaryDirectory())
         logger = stack.enter_context(command_logger(run_name or step_name, run_tags(step_name, inputs, out),
                                                     enabled=main_process))
         return call_step(step, cfg, local, out_dir, logger, **options)

@@ -143,10 +143,18 @@ def test_modelarts_request_runs_the_step_in_the_swr_image_on_obs_paths(pinned_lo
         "swr.cn-north-4.myhuaweicloud.com/facepipe/facepipe-train@sha256:" + "ab" * 32)
     assert algorithm["inputs"][0]["remote"]["obs"]["obs_url"] == "/face-data/packed/"
     assert algorithm["outputs"][0]["remote"]["obs"]["obs_url"] == "/face-models/rec-1/"
+    assert [(p["name"], p["access_method"]) for p in algorithm["inputs"] + algorithm["outputs"]] == [
+        ("data", "env"), ("output", "env")]  # as env: ModelArts appends no --data_url= arguments
     command = algorithm["command"]
-    assert command.startswith("facepipe train-recognition /home/ma-user/modelarts/inputs/data_0 "
-                              "/home/ma-user/modelarts/outputs/output_0")
-    assert "--set epochs=3" in command and "--set lr=0.01" in command and "--set backbone=mobilefacenet" in command
+    assert command.startswith("cd /home/ma-user && ") and algorithm["working_dir"] == "/home/ma-user"
+    assert '--nnodes="${MA_NUM_HOSTS:-1}" --node_rank="${VC_TASK_INDEX:-0}"' in command
+    assert command.endswith("-m facepipe.cli train-recognition /home/ma-user/modelarts/inputs/data_0 "
+                            "/home/ma-user/modelarts/outputs/output_0")
+    parameters = {p["name"]: p for p in algorithm["parameters"]}
+    assert parameters["epochs"]["value"] == "3" and parameters["lr"]["value"] == "0.01"
+    assert parameters["backbone"]["value"] == "mobilefacenet" and parameters["lr_steps"]["value"] == "[0.76,0.88]"
+    assert parameters["lr"]["constraint"] == {"type": "Float", "editable": True, "required": False}
+    assert "m1" not in parameters  # unset: the loss's own default applies
     assert algorithm["environments"] == {"MLFLOW_TRACKING_URI": "http://mlflow.example:5000"}
     assert body["spec"]["resource"] == {"flavor_id": "modelarts.vm.gpu.t4", "node_count": 1}
     assert "modelarts-secret-sk-456" not in json.dumps(body)
@@ -171,3 +179,27 @@ def test_modelarts_refuses_bad_requests(pinned_lock, monkeypatch):
     monkeypatch.setenv("HUAWEICLOUD_SDK_AK", "ak")
     with pytest.raises(StorageError, match="HUAWEICLOUD_SDK_SK, HUAWEICLOUD_SDK_PROJECT_ID"):
         modelarts.client()
+
+
+def test_modelarts_wait_prints_each_state_and_the_new_log_lines():
+    """`--wait` on the two API calls it makes, answered as ModelArts answers them (SDK response models)."""
+    from huaweicloudsdkmodelarts.v1 import model as ma
+
+    from facepipe.orchestration import modelarts
+
+    class Answers:  # the job's life as ModelArts reports it, one poll at a time
+        phases = iter(["Pending", "Running", "Running", "Completed"])
+        logs = iter(["step 1\n", "step 1\nstep 2\n", "step 1\nstep 2\ndone\n"])
+
+        def show_training_job_details(self, request):
+            assert request.training_job_id == "job-1"
+            return ma.ShowTrainingJobDetailsResponse(status=ma.Status(phase=next(self.phases)))
+
+        def show_training_job_logs_preview(self, request):
+            assert request.task_id == "worker-0"
+            return ma.ShowTrainingJobLogsPreviewResponse(content=next(self.logs))
+
+    lines = []
+    assert modelarts.follow("job-1", Answers(), poll_s=0, out=lines.append) == "Completed"
+    assert lines == ["[modelarts] job job-1: Pending", "[modelarts] job job-1: Running", "step 1", "step 2",
+                     "[modelarts] job job-1: Completed", "done"]

@@ -1,7 +1,8 @@
 """What every step command shares, derived from its Step record and config: positionals, flags, config, run.
 
 A step command's positionals are its step's input ports (metavar, help) then its output; its
-shortcut flags are config keys (type, choices, help and default read off the config dataclass);
+shortcut flags are config keys (type, choices, help and default read off the config dataclass), and
+every key is also taken as an unlisted `--key=value` (ModelArts appends a job's parameters so);
 `--config`, `--set` and `--run-name` are the same everywhere. Flags beat `--set`, which beats
 `--config`, which beats the defaults. Every path may be local, file://, s3:// or obs://.
 """
@@ -39,7 +40,12 @@ def add_step_arguments(parser, step_name: str, output: str | None, output_help: 
             parser.add_argument(option, dest=key, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             parser.add_argument(option, dest=key, type=typ, choices=field.metadata.get("choices"), help=help_text)
-    parser.set_defaults(step_flags=flags)
+    # `--key=value` for every other config key, unlisted: how ModelArts hands a job its parameters
+    # (appended to the command), so the console's edits of them reach the step
+    appended = [k for k in fields if f"--{k}" not in parser._option_string_actions]
+    for key in appended:
+        parser.add_argument(f"--{key}", dest=f"param_{key}", metavar="VALUE", help=argparse.SUPPRESS)
+    parser.set_defaults(step_flags=flags, step_params=appended)
     parser.add_argument("--config", help=f"job YAML file or shipped job name (its '{step_name}' section)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (repeatable)")
@@ -51,6 +57,7 @@ def step_config(args, step_name: str):
     from facepipe.config import load_config, parse_sets
 
     sets = parse_sets(args.set)
+    sets.update({k: getattr(args, f"param_{k}") for k in args.step_params if getattr(args, f"param_{k}") is not None})
     sets.update({k: getattr(args, k) for k in args.step_flags if getattr(args, k) is not None})
     return load_config(STEPS[step_name].config_class(), args.config, sets, section=step_name)
 

@@ -21,15 +21,8 @@ def run(args) -> int:
     import json
     import os
 
-    from facepipe import storage
-    from facepipe.errors import ConfigError
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not storage.parse_uri(args.out).is_local:
-        raise ConfigError(f"MODEL_OUTPUT_PATH {args.out}: under torchrun every process writes "
-                          f"checkpoint shards, so it must be a local or shared folder")
-    # A remote output is written locally and published when training finishes (resume needs a
-    # local or shared MODEL_OUTPUT_PATH: the checkpoints live there).
+    # A remote output is written locally and published by rank 0 when training finishes (resume needs
+    # a local or shared MODEL_OUTPUT_PATH: the checkpoints live there).
     metrics = run_step_command(args, "train_recognition", main_process=int(os.environ.get("RANK", "0")) == 0)
     if metrics:
         print(json.dumps(metrics, sort_keys=True))

@@ -6,10 +6,12 @@ from dataclasses import dataclass
 
 from facepipe.config import bounded, choice, listfield
 from facepipe.errors import ConfigError
+from facepipe.training.launch import SCALE_KEYS, nodes_field, nproc_per_node_field
 from facepipe.training.schedule import SCHEDULES, check_schedule
 
 # Keys that may change between a run and its resume (they do not change what is learned).
-RESUME_FREE_KEYS = ("workers", "checkpoint_every", "log_every", "export_onnx", "eval_max_images", "device")
+RESUME_FREE_KEYS = ("workers", "checkpoint_every", "log_every", "export_onnx", "eval_max_images", "device",
+                    *SCALE_KEYS)
 
 
 @dataclass
@@ -60,6 +62,8 @@ class DetectionTrainConfig:
     eval_max_images: int = bounded(500, low=0, help="validation images scored after training (0 = all)")
     export_onnx: bool = True
     device: str = choice("auto", ["auto", "cpu", "cuda"])
+    nproc_per_node: int = nproc_per_node_field()
+    nodes: int = nodes_field()
 
     def validate(self) -> None:
         if len(self.min_sizes) != len(self.steps):

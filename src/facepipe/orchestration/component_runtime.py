@@ -285,7 +285,9 @@ def run_step(step: str, config: Mapping[str, Any], inputs_by_arg: Mapping[str, s
     started = time.time()
     try:
         with contextlib.ExitStack() as stack:
-            local = stack.enter_context(edge.local_inputs(record, inputs_by_arg))
+            many_nodes = getattr(cfg, "nodes", 1) > 1  # the nodes read the inputs themselves
+            local = stack.enter_context(contextlib.nullcontext({}) if many_nodes
+                                        else edge.local_inputs(record, inputs_by_arg))
             out = Path(stack.enter_context(storage.output_dir(out_path)))
             scratch_root = os.environ.get(SCRATCH_ENV)
             # Keyed by the inputs as given: a download's temp path differs on every attempt.
@@ -295,7 +297,12 @@ def run_step(step: str, config: Mapping[str, Any], inputs_by_arg: Mapping[str, s
                 print(f"[facepipe] {step}: resuming from the checkpoints of an interrupted attempt in {work}",
                       file=sys.stderr, flush=True)
             work.mkdir(parents=True, exist_ok=True)
-            result = edge.call_step(record, cfg, local, work, child.logger)
+            if many_nodes:
+                child.logger.log_params(cfg_dict)  # what edge.call_step does for a step run here
+                result = _run_trainjob(record, cfg, inputs_by_arg, work, output_uri)
+                child.logger.log_metrics(edge.flat_metrics(result))
+            else:
+                result = edge.call_step(record, cfg, local, work, child.logger)
             _record_timing(step, time.time() - started)
             if work != out:
                 _move_contents(work, out)
@@ -330,6 +337,22 @@ def run_step(step: str, config: Mapping[str, Any], inputs_by_arg: Mapping[str, s
         raise
     child.finish("FINISHED")
     return result
+
+
+def _run_trainjob(record, cfg, inputs_by_arg: Mapping[str, str | None], work: Path, output_uri: str) -> dict:
+    """`nodes` > 1: a Kubeflow Trainer TrainJob runs the step; its rank 0 publishes to the run's output
+    URI, from where the output comes into `work`; returns the step's metrics."""
+    from facepipe import storage
+    from facepipe.errors import ConfigError
+    from facepipe.orchestration import trainjob
+
+    if not output_uri:
+        raise ConfigError(f"{record.name}.nodes={cfg.nodes}: the nodes publish the model to object storage; "
+                          f"give the run an output URI (--output s3://... or obs://...)")
+    target = f"{output_uri.rstrip('/')}/{record.name}"
+    trainjob.run(record, cfg, dict(inputs_by_arg), target)
+    storage.download(target, work)
+    return json.loads((work / "metrics.json").read_text())
 
 
 def _record_timing(step: str, seconds: float) -> None:

@@ -14,6 +14,7 @@ from typing import Optional
 
 from facepipe.config import bounded, choice, listfield
 from facepipe.errors import ConfigError
+from facepipe.training.launch import SCALE_KEYS, nodes_field, nproc_per_node_field
 from facepipe.training.schedule import SCHEDULES, check_schedule
 
 BACKBONES = ["iresnet18", "iresnet34", "iresnet50", "iresnet100", "mobilefacenet"]
@@ -32,7 +33,7 @@ MARGIN_DEFAULTS = {
 
 # Keys that may change between a run and its resume (they do not change what is learned).
 RESUME_FREE_KEYS = ("workers", "eval_every", "checkpoint_every", "val_targets", "export_onnx", "device",
-                    "log_every")
+                    "log_every", *SCALE_KEYS)
 
 
 @dataclass
@@ -91,6 +92,8 @@ class RecognitionTrainConfig:
                                                "empty: every *.bin in DATA_PATH")
     export_onnx: bool = True
     device: str = choice("auto", ["auto", "cpu", "cuda"])
+    nproc_per_node: int = nproc_per_node_field()
+    nodes: int = nodes_field()
 
     @property
     def is_metric(self) -> bool:
