@@ -22,9 +22,9 @@ def detects_on_a_scene(model_dir, data) -> np.ndarray:
 def test_step_function_trains_a_detector_on_a_temp_folder(tiny_data, tiny_trained):
     out, result = tiny_trained["detector"]  # train_detection(tiny config, data/detection, temp folder)
     cfg = tiny_config("train_detection")
-    assert result["train.steps"] == min(cfg.max_steps, result["train.total_steps"])
+    assert result["train.steps"] == min(cfg.max_steps, result["total_steps"])
     labels = (tiny_data / "detection" / "train" / "label.txt").read_text().splitlines()
-    assert result["train.images"] == sum(line.startswith("#") for line in labels)  # every labelled scene
+    assert result["num_images"] == sum(line.startswith("#") for line in labels)  # every labelled scene
     assert detects_on_a_scene(out, tiny_data).shape[1] == 15  # box, score, 5 landmarks
     assert (out / "manifest.json").exists() and (out / "model.onnx").exists()
 
@@ -38,5 +38,5 @@ def test_component_through_kfp_local(kfp_local, tiny_data):
     assert detects_on_a_scene(task / "detector", tiny_data).shape[1] == 15
     metrics = json.loads((task / "metrics").read_text())
     assert "val.ap50" in metrics
-    assert metrics["train.steps"] == min(tiny_config("train_detection").max_steps, metrics["train.total_steps"])
+    assert metrics["train.steps"] == min(tiny_config("train_detection").max_steps, metrics["total_steps"])
     assert "<h1>facepipe step: train_detection</h1>" in (task / "report").read_text()
