@@ -349,3 +349,24 @@ print("ok")
 
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_synth_and_pack_commands_run_without_torch(tmp_path):
+    """The data image has no torch: synth, pack and rec-info must never import it."""
+    import os
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "no-torch" / "torch"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker.parent), str(root / "src"), str(root)])}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    for args in (["synth", str(tmp_path / "data"), "--identities", "3", "--images", "3", "--scenes", "2"],
+                 ["pack", str(tmp_path / "data" / "faces"), str(tmp_path / "rec"), "--size", "32", "--workers", "1",
+                  "--quiet"],
+                 ["rec-info", str(tmp_path / "rec")]):
+        done = subprocess.run([sys.executable, "-m", "facepipe.cli", *args], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, f"facepipe {args[0]}: {done.stderr[-3000:]}"

@@ -33,10 +33,12 @@ def nodes_field():
 
 def ranks_per_node(cfg) -> int:
     """`nproc_per_node` resolved: 0 means every visible GPU (one process on a CPU-only machine)."""
+    n = getattr(cfg, "nproc_per_node", 1)
+    if n:
+        return n  # steps without the key (pack in the data image, which has no torch) stop here
     import torch
 
-    n = getattr(cfg, "nproc_per_node", 1)
-    return n or torch.cuda.device_count() or 1
+    return torch.cuda.device_count() or 1
 
 
 def needs_launch(cfg) -> bool:
