@@ -382,7 +382,10 @@ def docker_runner(base: Path, values: dict[str, Any], info: dict | None = None):
     if "nvidia" in info.get("Runtimes", {}) and shutil.which("nvidia-smi") and \
             subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0:
         gpus = {"device_requests": [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]}
-    env = {k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV_PREFIXES)}
+    from facepipe.orchestration.component_runtime import RUN_PID_ENV
+
+    # Not the runner's pid: a container has its own pid namespace, where that pid is not the runner.
+    env = {k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV_PREFIXES) and k != RUN_PID_ENV}
     return kfp.local.DockerRunner(environment=env, mounts=mounts, user=f"{os.getuid()}:{os.getgid()}",
                                   network_mode="host", **gpus)
 
