@@ -71,8 +71,8 @@ def rerun_vs_alone(job: str, state: dict) -> dict:
         "import sys; from facepipe.config import load_config; "
         "from facepipe.evaluation.pipeline_eval import EvaluateConfig, evaluate_pipeline; "
         f"cfg = load_config(EvaluateConfig, {job!r}, ['batch_size=32'], section='evaluate'); "
-        f"evaluate_pipeline(cfg, {o['data']!r}, {o['detector'] + '/model.pt'!r}, {o['recognizer'] + '/model.pt'!r}, "
-        f"{o['gallery']!r}, {str(out)!r})")
+        f"evaluate_pipeline(cfg, data_dir={o['images']!r}, detector_path={o['detector'] + '/model.pt'!r}, "
+        f"recognizer_path={o['recognizer'] + '/model.pt'!r}, gallery_dir={o['gallery']!r}, out_dir={str(out)!r})")
     start = time.perf_counter()
     subprocess.run([PY, "-c", script], cwd=ROOT, env=env, check=True, capture_output=True)
     alone = time.perf_counter() - start
