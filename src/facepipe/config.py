@@ -146,6 +146,16 @@ def parse_sets(sets: Iterable[str] | None) -> dict[str, str]:
     return out
 
 
+def field_default(cls, f: dataclasses.Field) -> Any:
+    """A config field's default value; every step config key has one (CLI flags and pipeline
+    parameters show it)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise ConfigError(f"{cls.__name__}.{f.name} has no default; every pipeline parameter needs one")
+
+
 def keys(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 

@@ -27,6 +27,14 @@ def only_our_error(fn, *args) -> None:
         pass
 
 
+def only_our_error_on_file(reader, name: str, data: bytes) -> None:
+    """`reader(path)` on a file `name` holding `data` raises nothing but our own error."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / name
+        path.write_bytes(data)
+        only_our_error(reader, path)
+
+
 def _valid_set() -> dict[str, bytes]:
     with tempfile.TemporaryDirectory() as d:
         with InsightFaceWriter(d) as w:
@@ -83,10 +91,7 @@ LABEL_TOKENS = st.sampled_from(["#", "# a.jpg", "# ", "1", "-1", "0.0", "1.0", "
 @FAST
 @given(parts=st.lists(LABEL_TOKENS, max_size=60), raw=st.binary(max_size=40))
 def test_label_txt_any_text(parts, raw):
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "label.txt"
-        path.write_bytes(" ".join(parts).encode("utf-8", "surrogatepass") + raw)
-        only_our_error(read_labels, path)
+    only_our_error_on_file(read_labels, "label.txt", " ".join(parts).encode("utf-8", "surrogatepass") + raw)
 
 
 LST_TOKENS = st.sampled_from(["0", "1", "2", "-1", "3.5", "nan", "a/b.jpg", "x.png", "", "\t", " ", "\n", "1e400"])
@@ -95,10 +100,7 @@ LST_TOKENS = st.sampled_from(["0", "1", "2", "-1", "3.5", "nan", "a/b.jpg", "x.p
 @FAST
 @given(parts=st.lists(LST_TOKENS, max_size=40), raw=st.binary(max_size=30))
 def test_lst_any_text(parts, raw):
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "train.lst"
-        path.write_bytes("".join(parts).encode() + raw)
-        only_our_error(read_lst, path)
+    only_our_error_on_file(read_lst, "train.lst", "".join(parts).encode() + raw)
 
 
 PAIR_TOKENS = st.sampled_from(["10\t300", "2 3", "Abel_Pacheco", "1", "4", "-2", "x", "\t", " ", "\n", "99999999999"])
@@ -107,10 +109,7 @@ PAIR_TOKENS = st.sampled_from(["10\t300", "2 3", "Abel_Pacheco", "1", "4", "-2",
 @FAST
 @given(parts=st.lists(PAIR_TOKENS, max_size=40), raw=st.binary(max_size=30))
 def test_lfw_pairs_any_text(parts, raw):
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "pairs.txt"
-        path.write_bytes("".join(parts).encode() + raw)
-        only_our_error(read_lfw_pairs, path)
+    only_our_error_on_file(read_lfw_pairs, "pairs.txt", "".join(parts).encode() + raw)
 
 
 @FAST

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import typing
 
+from facepipe.config import field_default
 from facepipe.steps import STEPS
 
 URI_NOTE = "local path, file://, s3:// or obs://"
@@ -33,8 +34,7 @@ def add_step_arguments(parser, step_name: str, output: str | None, output_help: 
     for key in flags:
         field, typ = fields[key], hints[key]
         typ = next((a for a in typing.get_args(typ) if a is not type(None)), typ)  # Optional[X] -> X
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        help_text = f"{field.metadata.get('help', key)} (default {default})"
+        help_text = f"{field.metadata.get('help', key)} (default {field_default(cls, field)})"
         option = "--" + key.replace("_", "-")
         if typ is bool:
             parser.add_argument(option, dest=key, action=argparse.BooleanOptionalAction, default=None, help=help_text)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from facepipe.config import from_dict, parse_sets, read_job_file
+from facepipe.config import field_default, from_dict, parse_sets, read_job_file
 from facepipe.errors import ConfigError
 from facepipe.steps import STEPS
 
@@ -81,14 +81,8 @@ def step_parameters(step: str) -> list[Parameter]:
     hints = typing.get_type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            raise ConfigError(f"{cls.__name__}.{f.name} has no default; every pipeline parameter needs one")
         kind, encoded = _kfp_kind(hints[f.name])
-        value = encode(default, encoded)
+        value = encode(field_default(cls, f), encoded)
         out.append(Parameter(parameter_name(step, f.name), step, f.name, kind, value, encoded,
                              _describe(step, f, value, encoded)))
     return out
