@@ -1,23 +1,31 @@
 """The facepipe Kubeflow pipeline: data (given or synthetic) -> pack -> train detection -> train recognition -> gallery -> evaluate.
 
 Its parameters are every step config key, named `<step>__<key>` (facepipe.orchestration.params),
-plus the run-level `data_uri`, `output_uri` and `mlflow_parent_run_id`. Components stay thin
-(components/<step>/component.py), and the tasks, their resources and their wiring come from the
-step records (facepipe.steps): a task's input artifacts are the outputs of the steps that write
-them. What only matters on a cluster lives here: retries with backoff, and credentials from
-Kubernetes secrets (never in the spec: the secrets hold them, pipeline.yaml only names them).
+plus the run-level `data_uri`, `output_uri`, `mlflow_parent_run_id` and `mlflow_experiment`.
+Components stay thin (components/<step>/component.py), and the tasks, their resources and their
+wiring come from the step records (facepipe.steps): a task's input artifacts are the outputs of the
+steps that write them. What only matters on a cluster lives here: retries with backoff, and
+credentials from Kubernetes secrets (never in the spec: the secrets hold them, pipeline.yaml only
+names them).
+
+Around the steps (pipeline/run_tasks.py), inside one `dsl.ExitHandler`: `begin-run` makes the
+run's MLflow parent before any step; `data-digest` turns a given `data_uri` into its manifest
+digest, an input of pack, so new data at the same URI misses pack's cache; a `publish-<step>`
+task per output copies it to `output_uri` (so the target is no step's cache key); `record-run`
+tags the parent with each step executed or reused. The handler's exit task `finish-run` ends the
+parent with the run's real status, after a failure too. KFP returns no pipeline outputs from
+inside an exit handler: the steps' artifacts are found through their tasks (and `record-run`).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from typing import NamedTuple
-
 from kfp import dsl, kubernetes
 
 from facepipe.orchestration.params import RUN_PARAMETERS, pipeline_parameters, step_parameters
 from facepipe.steps import PIPELINE_STEPS, STEPS, Step
+from pipeline import run_tasks
 
 PIPELINE_NAME = "facepipe"
 # synth has no task of its own: the pack task runs it (or localizes the given `data_uri` instead)
@@ -34,6 +42,7 @@ SECRETS = {
 }
 ACCELERATOR = "nvidia.com/gpu"
 ARTIFACT_TYPES = {"dataset": dsl.Dataset, "model": dsl.Model, "artifact": dsl.Artifact}
+RUN_TASKS = ("begin-run", "data-digest", "record-run", "finish-run")  # display names of the light tasks
 
 
 def _cluster_settings(task: dsl.PipelineTask, step: Step) -> dsl.PipelineTask:
@@ -43,43 +52,91 @@ def _cluster_settings(task: dsl.PipelineTask, step: Step) -> dsl.PipelineTask:
     # Transient failures (preempted node, object store hiccup) get retried; training resumes
     # from its checkpoint (FACEPIPE_SCRATCH_DIR on a volume) instead of starting over.
     task.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0, backoff_max_duration="900s")
+    _environment(task)
+    task.set_display_name(step.name.replace("_", "-"))
+    return task
+
+
+def _environment(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """What every task reads from its pod: credentials from the secrets, and the KFP run id from the
+    pod's label (not a task input, so caching still works): the tasks find the MLflow parent by it."""
     for secret, keys in SECRETS.items():
         kubernetes.use_secret_as_env(task, secret_name=secret,
                                      secret_key_to_env={k: k for k in keys}, optional=True)
-    # The KFP run id from the pod's label (not a task input, so caching still works): the steps
-    # find their MLflow parent run by it.
     kubernetes.use_field_path_as_env(task, env_name="FACEPIPE_KFP_RUN_ID",
                                      field_path="metadata.labels['pipeline/runid']")
-    task.set_display_name(step.name.replace("_", "-"))
     return task
+
+
+def _light_settings(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
+    """A run-level task: small, never cached (it acts for this run), retried on transient failures."""
+    task.set_cpu_request("0.5").set_memory_request("1G").set_caching_options(False)
+    task.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="300s")
+    task.set_display_name(name)
+    return _environment(task)
 
 
 def _step_values(values: dict, step: str) -> dict:
     return {p.name: values[p.name] for p in step_parameters(step)}
 
 
-def _outputs_type():
-    """Pipeline outputs (what `facepipe run` points users at): every step's artifact, then the
-    last step's metrics and report."""
-    fields = [(STEPS[s].output, ARTIFACT_TYPES[STEPS[s].output_kind]) for s in PIPELINE_STEPS]
-    return NamedTuple("Outputs", fields + [("metrics", dsl.Metrics), ("report", dsl.HTML)])
+def _begin(values: dict) -> dsl.PipelineTask:
+    return _light_settings(run_tasks.begin_component()(**values), "begin-run")
 
 
-def _body(values: dict):
-    run = {k: values[k] for k in ("output_uri", "mlflow_parent_run_id")}
-    artifacts: dict = {}  # artifact name -> the task output that carries it
-    for name in TASKS:
-        step = STEPS[name]
-        component = getattr(importlib.import_module(f"components.{name}.component"), name)
-        hosted = [s for s, host in HOSTED.items() if host == name]
-        if hosted:  # the pack task: its data source is the hosted step or data_uri, no input artifact
-            inputs = {k: v for s in hosted + [name] for k, v in _step_values(values, s).items()}
-            inputs["data_uri"] = values["data_uri"]
-        else:
-            inputs = _step_values(values, name) | {p.artifact: artifacts[p.artifact] for p in step.inputs}
-        task = _cluster_settings(component(**inputs, **run), step)
-        artifacts.update({STEPS[s].output: task.outputs[STEPS[s].output] for s in hosted + [name]})
-    return _outputs_type()(**artifacts, metrics=task.outputs["metrics"], report=task.outputs["report"])
+def _data_digest(values: dict) -> dsl.PipelineTask:
+    return _light_settings(run_tasks.data_digest_component()(data_uri=values["data_uri"]), "data-digest")
+
+
+def _publish(values: dict, artifact, step: str) -> dsl.PipelineTask:
+    task = run_tasks.publish_component()(artifact=artifact, step=step, output_uri=values["output_uri"])
+    return _light_settings(task, f"publish-{step.replace('_', '-')}")
+
+
+def _publish_all(values: dict, outputs: dict[str, object]) -> None:
+    """A publish task per step output, only when there is a target (else no artifact is downloaded);
+    synth's images only when synthesized (given data is already where it came from)."""
+    with dsl.If(values["output_uri"] != "", name="publish"):
+        for step, artifact in outputs.items():
+            if step in HOSTED:
+                with dsl.If(values["data_uri"] == "", name=f"publish-{step}-when-synthesized"):
+                    _publish(values, artifact, step)
+            else:
+                _publish(values, artifact, step)
+
+
+def _record(lineages: dict) -> dsl.PipelineTask:
+    task = run_tasks.record_component(tuple(lineages))(**{f"{t}_lineage": v for t, v in lineages.items()})
+    return _light_settings(task, "record-run")
+
+
+def _finish() -> dsl.PipelineTask:
+    task = run_tasks.finish_component(tuple(TASKS))()
+    return _light_settings(task, "finish-run")
+
+
+def _body(values: dict) -> None:
+    with dsl.ExitHandler(_finish(), name="facepipe-run"):
+        begin = _begin(values)
+        digest = _data_digest(values)
+        artifacts: dict = {}  # artifact name -> the task output that carries it
+        outputs: dict = {}    # step -> its output artifact, to publish
+        lineages: dict = {}   # task -> its lineage output
+        for name in TASKS:
+            step = STEPS[name]
+            component = getattr(importlib.import_module(f"components.{name}.component"), name)
+            hosted = [s for s, host in HOSTED.items() if host == name]
+            if hosted:  # the pack task: its data source is the hosted step or data_uri, no input artifact
+                inputs = {k: v for s in hosted + [name] for k, v in _step_values(values, s).items()}
+                inputs.update(data_uri=values["data_uri"], data_digest=digest.output)
+            else:
+                inputs = _step_values(values, name) | {p.artifact: artifacts[p.artifact] for p in step.inputs}
+            task = _cluster_settings(component(**inputs), step).after(begin)
+            artifacts.update({STEPS[s].output: task.outputs[STEPS[s].output] for s in hosted + [name]})
+            outputs.update({s: task.outputs[STEPS[s].output] for s in hosted + [name]})
+            lineages[name] = task.outputs["lineage"]
+        _publish_all(values, outputs)
+        _record(lineages)
 
 
 def build_pipeline():
@@ -88,12 +145,11 @@ def build_pipeline():
     names = [p.name for p in params]
 
     def facepipe(*args):
-        return _body(dict(zip(names, args)))
+        _body(dict(zip(names, args)))
 
     facepipe.__signature__ = inspect.Signature(
         [inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default,
-                           annotation=p.kind) for p in params],
-        return_annotation=_outputs_type())
+                           annotation=p.kind) for p in params])
     facepipe.__doc__ = __doc__.splitlines()[0] + " Parameters: " + "; ".join(
         f"{name}: {help}" for name, (_, help) in RUN_PARAMETERS.items()) + "; <step>__<key>: that step's config key."
     return dsl.pipeline(name=PIPELINE_NAME, description=facepipe.__doc__)(facepipe)

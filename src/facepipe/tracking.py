@@ -204,6 +204,11 @@ def start_step_run(parent_id: str | None, step_name: str, params: Mapping[str, A
     return run.info.run_id
 
 
+def get_run(run_id: str):
+    """The MLflow Run (`.info.status`, `.info.experiment_id`, `.data.tags`, `.data.params`)."""
+    return _client().get_run(run_id)
+
+
 def end_run(run_id: str, status: str = "FINISHED") -> None:
     """Mark a run FINISHED, FAILED or KILLED."""
     if status not in ("FINISHED", "FAILED", "KILLED"):

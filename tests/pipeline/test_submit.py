@@ -113,7 +113,7 @@ def test_submit_refuses_bad_input_before_sending(kfp_api):
     with pytest.raises(ConfigError, match="valid keys"):
         submit.prepare(host, TINY_JOB, ["train_recognition.epoch=2"])
     with pytest.raises(FacepipeError, match="could not be reached"):
-        submit.submit(submit.prepare("http://127.0.0.1:9", TINY_JOB), track=False)
+        submit.submit(submit.prepare("http://127.0.0.1:9", TINY_JOB))
     assert not requests
 
 

@@ -18,7 +18,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="execute every step, reuse nothing")
     parser.add_argument("--rerun", metavar="STEP", help="execute STEP even if its inputs are unchanged "
                                                         "(downstream steps follow; upstream steps are reused)")
-    parser.add_argument("--no-track", action="store_true", help="do not create the MLflow parent run here")
     parser.add_argument("--dry-run", action="store_true", help="validate and print what would be sent")
 
 
@@ -33,8 +32,7 @@ def run(args) -> int:
     if args.dry_run:
         print(json.dumps({k: v for k, v in sub.__dict__.items() if k != "changed"}, indent=2, sort_keys=True))
         return 0
-    out = submit.submit(sub, track=not args.no_track)
-    print(f"KFP run {out['run_id']} ({out['run_name']}) in experiment {out['experiment']!r} at {args.host}")
-    if out.get("mlflow_parent_run_id"):
-        print(f"MLflow parent run {out['mlflow_parent_run_id']}")
+    out = submit.submit(sub)
+    print(f"KFP run {out['run_id']} ({out['run_name']}) in experiment {out['experiment']!r} at {args.host}; "
+          f"its begin-run task makes the MLflow parent run, tagged facepipe.kfp_run_id={out['run_id']}")
     return 0

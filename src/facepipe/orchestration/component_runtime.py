@@ -12,13 +12,17 @@ paths, also on a cluster where the launcher copies them from the s3:// pipeline 
   which survives a killed attempt; the next attempt (KFP retry or a rerun with the same
   parameters) finds the step's checkpoints there and resumes. On success it moves to the output.
 - Tracking: with `MLFLOW_TRACKING_URI` set, the step runs inside an MLflow child run of the
-  parent run (parameter, else `FACEPIPE_MLFLOW_PARENT_RUN_ID`), with its config as params
-  (logged once, by `edge.call_step`), metrics by step
+  pipeline run's parent (`pipeline_run.find_parent`: by the pipeline run's id, never a task input;
+  under KFP's own run of the task where KFP sets `MLFLOW_RUN_ID`; `FACEPIPE_MLFLOW_PARENT_RUN_ID`
+  overrides), with its config as params (logged once, by `edge.call_step`), metrics by step
   (through the `logger` the step function gets), plots, report, and a registered model version
-  for trained models.
+  for trained models. A step never ends the parent: the pipeline's finalizer task does.
 - Outputs: metrics go to the KFP Metrics artifact and, as JSON, to its file (kfp.local only
-  caches a task whose Metrics artifact has a file); an HTML report embeds the plots; with an
-  `output_uri` the output folder is also published there (manifest last).
+  caches a task whose Metrics artifact has a file); an HTML report embeds the plots; the `lineage`
+  output parameter names the pipeline run and MLflow runs that made the task's artifacts (it is
+  cached with them, so a reused step still points at its producer). Publishing to `output_uri` is
+  a separate light task in the pipeline (the target is no part of a step's cache key); a standalone
+  component (recognize) still publishes itself.
 """
 
 from __future__ import annotations
@@ -40,10 +44,8 @@ from facepipe.steps import STEPS
 
 SCRATCH_ENV = "FACEPIPE_SCRATCH_DIR"
 PARENT_ENV = "FACEPIPE_MLFLOW_PARENT_RUN_ID"
-KFP_RUN_ENV = "FACEPIPE_KFP_RUN_ID"
 SPOOL_ENV = "FACEPIPE_TRACKING_SPOOL"
 RUN_PID_ENV = "FACEPIPE_RUN_PID"  # set by `facepipe run`: its step processes end when it dies
-LAST_STEP = "evaluate"  # on a cluster, its end (or any step's failure) ends the parent run
 TIMINGS_ENV = "FACEPIPE_TIMINGS"
 MAX_PLOTS = 24
 
@@ -98,30 +100,32 @@ class _ChildRun:
     sets FACEPIPE_TRACKING_SPOOL): the step appends its tracking events to a JSON-lines file and
     the runner, which already has MLflow loaded, replays them (`replay_spool`); that saves each
     step process the MLflow import and store setup (seconds). Without a tracking URI: nothing.
+    Either way the run is tagged with a fresh `facepipe.step_run_key`, which the task's lineage
+    carries, so a later run that reuses this output finds this run even before it was replayed.
     """
 
     def __init__(self, step: str, parent_run_id: str, tags: Mapping[str, str]):
+        from facepipe.orchestration import pipeline_run
         from facepipe.run_logger import NullLogger
 
         self.run_id = None
         self.spool = None
         self.logger = NullLogger()
         self.step = step
-        self.kfp_parent = ""  # a parent found through the KFP run id; the last step ends it
-        tags = {k: v for k, v in tags.items() if v}
+        self.key = pipeline_run.new_step_run_key()
+        tags = {k: v for k, v in tags.items() if v} | {pipeline_run.STEP_RUN_KEY_TAG: self.key}
+        explicit = (parent_run_id or os.environ.get(pipeline_run.KFP_MLFLOW_RUN_ENV, "")
+                    or os.environ.get(PARENT_ENV, ""))
         spool_dir = os.environ.get(SPOOL_ENV)
         if spool_dir and os.environ.get("MLFLOW_TRACKING_URI"):
-            self.spool = SpoolLogger(Path(spool_dir), step, parent_run_id or os.environ.get(PARENT_ENV, ""), tags)
+            self.spool = SpoolLogger(Path(spool_dir), step, explicit, pipeline_run.run_identity(), tags)
             self.logger = self.spool
             return
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             return
         from facepipe import tracking
 
-        parent = parent_run_id or os.environ.get(PARENT_ENV, "")
-        if not parent:
-            parent = self.kfp_parent = _kfp_parent(step)
-        self.run_id = tracking.start_step_run(parent or None, step, None, tags=tags)
+        self.run_id = tracking.start_step_run(explicit or pipeline_run.find_parent() or None, step, None, tags=tags)
         self.logger = tracking.MlflowLogger(self.run_id)
 
     @property
@@ -150,17 +154,18 @@ class _ChildRun:
 
         if self.run_id:
             end_run(self.run_id, status)
-        if self.kfp_parent and (self.step == LAST_STEP or status == "FAILED"):
-            end_run(self.kfp_parent, status)
+
+    def lineage(self) -> dict[str, str]:
+        return {"mlflow_run_id": self.run_id or "", "step_run_key": self.key}
 
 
 class SpoolLogger:
     """A RunLogger that appends events to `<spool>/<time>-<step>-<pid>.jsonl` for `replay_spool`."""
 
-    def __init__(self, spool: Path, step: str, parent: str, tags: Mapping[str, str]):
+    def __init__(self, spool: Path, step: str, parent: str, identity: tuple[str, str], tags: Mapping[str, str]):
         spool.mkdir(parents=True, exist_ok=True)
         self.path = spool / f"{time.time():.6f}-{step}-{os.getpid()}.jsonl"
-        self.event("start", step=step, parent=parent, tags=dict(tags))
+        self.event("start", step=step, parent=parent, pipeline_run=list(identity), tags=dict(tags))
 
     def event(self, op: str, **body) -> None:
         from facepipe.secrets import redact
@@ -194,13 +199,21 @@ def replay_spool(spool: str | Path) -> list[str]:
 
     client = MlflowClient()
     created = []
+    parents: dict[tuple[str, str], str] = {}
     for path in sorted(Path(spool).glob("*.jsonl")):
         events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         if not events or events[0]["op"] != "start":
             path.unlink()
             continue
         first = events[0]
-        run_id = tracking.start_step_run(first["parent"] or None, first["step"], None, tags=first["tags"])
+        parent = first["parent"]
+        tag, pipeline_run_id = first.get("pipeline_run") or ("", "")
+        if not parent and pipeline_run_id:  # the pipeline's parent, made by its `begin` task
+            if (tag, pipeline_run_id) not in parents:
+                found = tracking.find_runs(tags={tag: pipeline_run_id, "facepipe.kind": "pipeline"}, max_results=1)
+                parents[(tag, pipeline_run_id)] = found[0].info.run_id if found else ""
+            parent = parents[(tag, pipeline_run_id)]
+        run_id = tracking.start_step_run(parent or None, first["step"], None, tags=first["tags"])
         logger = tracking.MlflowLogger(run_id)
         status, metrics = "KILLED", []
         for e in events[1:]:
@@ -225,21 +238,6 @@ def replay_spool(spool: str | Path) -> list[str]:
     return created
 
 
-def _kfp_parent(step: str) -> str:
-    """On a KFP cluster: the parent run tagged with this KFP run id (made by `facepipe submit`, else here)."""
-    from facepipe import tracking
-
-    kfp_run_id = os.environ.get(KFP_RUN_ENV, "")
-    if not kfp_run_id:
-        return ""
-    found = tracking.find_runs(tags={"facepipe.kfp_run_id": kfp_run_id, "facepipe.kind": "pipeline"}, max_results=1)
-    if found:
-        return found[0].info.run_id
-    # Submitted without tracking from the client side: the first step makes the parent run.
-    return tracking.start_pipeline_run(os.environ.get("MLFLOW_EXPERIMENT_NAME") or tracking.DEFAULT_EXPERIMENT,
-                                       {"facepipe.kfp_run_id": kfp_run_id, "facepipe.created_by_step": step})
-
-
 def _end_with(pid: int, every_s: float = 1.0) -> None:
     """End this step process soon after process `pid` (the `facepipe run` that started it) is gone,
     even killed by SIGKILL, which no handler sees: its steps would run on with nobody to record them."""
@@ -262,13 +260,17 @@ def _end_with(pid: int, every_s: float = 1.0) -> None:
 
 
 def run_step(step: str, config: Mapping[str, Any], inputs_by_arg: Mapping[str, str | None], out_path: str,
-             metrics=None, report=None, parent_run_id: str = "", output_uri: str = "") -> dict:
+             metrics=None, report=None, parent_run_id: str = "", output_uri: str = "",
+             artifact_uri: str = "", lineage: dict | None = None) -> dict:
     """Run one step the way a component does; returns the step's result dict.
 
     `inputs_by_arg` maps the step's port args (`Step.inputs`) to local paths or URIs (None or
     "none" where optional), localized by `facepipe.edge`; `out_path` is a local folder or a URI
     (published when the step succeeds); `metrics`/`report` are KFP Metrics/HTML output artifacts
-    (or None outside KFP).
+    (or None outside KFP). `output_uri`: also publish to `<output_uri>/<step>/` (standalone steps;
+    in the pipeline a publish task does it). `artifact_uri`: where KFP stores the output artifact
+    (on a cluster an object-storage URI, which a TrainJob's nodes can write). `lineage`, when
+    given, gets `{step: {"mlflow_run_id", "step_run_key"}}`.
     """
     from facepipe import edge, storage
     from facepipe.config import to_dict
@@ -299,7 +301,7 @@ def run_step(step: str, config: Mapping[str, Any], inputs_by_arg: Mapping[str, s
             work.mkdir(parents=True, exist_ok=True)
             if many_nodes:
                 child.logger.log_params(cfg_dict)  # what edge.call_step does for a step run here
-                result = _run_trainjob(record, cfg, inputs_by_arg, work, output_uri)
+                result = _run_trainjob(record, cfg, inputs_by_arg, work, output_uri, artifact_uri)
                 child.logger.log_metrics(edge.flat_metrics(result))
             else:
                 result = edge.call_step(record, cfg, local, work, child.logger)
@@ -336,20 +338,26 @@ def run_step(step: str, config: Mapping[str, Any], inputs_by_arg: Mapping[str, s
         child.finish("FAILED")
         raise
     child.finish("FINISHED")
+    if lineage is not None:
+        lineage[step] = child.lineage()
     return result
 
 
-def _run_trainjob(record, cfg, inputs_by_arg: Mapping[str, str | None], work: Path, output_uri: str) -> dict:
-    """`nodes` > 1: a Kubeflow Trainer TrainJob runs the step; its rank 0 publishes to the run's output
-    URI, from where the output comes into `work`; returns the step's metrics."""
+def _run_trainjob(record, cfg, inputs_by_arg: Mapping[str, str | None], work: Path, output_uri: str,
+                  artifact_uri: str = "") -> dict:
+    """`nodes` > 1: a Kubeflow Trainer TrainJob runs the step; its rank 0 publishes to object storage
+    (the output URI, else the task's output artifact in an object-storage pipeline root), from where
+    the output comes into `work`; returns the step's metrics."""
     from facepipe import storage
     from facepipe.errors import ConfigError
     from facepipe.orchestration import trainjob
 
-    if not output_uri:
+    remote_artifact = artifact_uri if "://" in artifact_uri and not artifact_uri.startswith("file://") else ""
+    if not (output_uri or remote_artifact):
         raise ConfigError(f"{record.name}.nodes={cfg.nodes}: the nodes publish the model to object storage; "
-                          f"give the run an output URI (--output s3://... or obs://...)")
-    target = f"{output_uri.rstrip('/')}/{record.name}"
+                          f"run on a cluster whose pipeline root is object storage, or give an output URI "
+                          f"(--output s3://... or obs://...)")
+    target = f"{output_uri.rstrip('/')}/{record.name}" if output_uri else remote_artifact.rstrip("/") + "-trainjob"
     trainjob.run(record, cfg, dict(inputs_by_arg), target)
     storage.download(target, work)
     return json.loads((work / "metrics.json").read_text())
@@ -374,25 +382,38 @@ def run_component(step: str, args: Mapping[str, Any], hosts: tuple[str, ...] = (
     """The body of every generated component (`components.component`): its typed inputs -> `run_step`.
 
     A hosted step (synth in the pack task) writes the artifact its host reads, unless `data_uri`
-    names given data, which is copied/downloaded into that artifact instead.
+    names given data, which is copied/downloaded into that artifact instead (its `data_digest`
+    input is there for the cache key only: new data at the same URI is a new key). A pipeline
+    step's task ends by writing its `lineage` output (`pipeline_run.lineage_of`).
     """
     from facepipe import storage
+    from facepipe.edge import flat_metrics
+    from facepipe.manifest import MANIFEST, content_digest
+    from facepipe.orchestration import pipeline_run
     from facepipe.orchestration.params import step_parameters
 
     config = lambda s: {p.key: args[p.name] for p in step_parameters(s)}
-    run = {"parent_run_id": args["mlflow_parent_run_id"], "output_uri": args["output_uri"]}
-    paths = {}
+    record = STEPS[step]
+    # A standalone step (recognize) runs outside a pipeline run: it publishes and names its parent itself.
+    run = ({} if record.in_pipeline else
+           {"parent_run_id": args["mlflow_parent_run_id"], "output_uri": args["output_uri"]})
+    paths, steps = {}, {}
     for hosted in hosts:
         out = paths[STEPS[hosted].output] = args[STEPS[hosted].output].path
         if args["data_uri"]:
             storage.download(args["data_uri"], out)
         else:
-            run_step(hosted, config(hosted), {}, out, **run)
-    record = STEPS[step]
+            run_step(hosted, config(hosted), {}, out, lineage=steps, **run)
     if record.in_pipeline:
         paths.update({p.artifact: args[p.artifact].path for p in record.inputs if p.artifact not in paths})
         inputs = record.local_inputs(paths)
     else:  # a standalone step: URIs, localized by facepipe.edge
         inputs = {p.arg: args[f"{p.artifact}_uri"] for p in record.inputs}
-    run_step(step, config(step), inputs, args[record.output].path, metrics=args["metrics"], report=args["report"],
-             **run)
+    result = run_step(step, config(step), inputs, args[record.output].path, metrics=args["metrics"],
+                      report=args["report"], artifact_uri=getattr(args[record.output], "uri", ""), lineage=steps, **run)
+    if record.in_pipeline:
+        images = [paths[STEPS[h].output] for h in hosts if (Path(paths[STEPS[h].output]) / MANIFEST).exists()]
+        digest = args.get("data_digest") or (f"sha256:{content_digest(images[0])}" if images else "")
+        outputs = {name: args[name].uri for name in [STEPS[s].output for s in hosts + (step,)] + ["metrics", "report"]}
+        Path(args["lineage"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(args["lineage"]).write_text(pipeline_run.lineage_of(steps, outputs, flat_metrics(result), digest))

@@ -39,7 +39,7 @@ import yaml
 
 from facepipe.config import project_file
 from facepipe.errors import ConfigError, FacepipeError
-from facepipe.manifest import MANIFEST, content_digest, sha256_file
+from facepipe.manifest import sha256_file
 from facepipe.orchestration.params import RUN_PARAMETERS, RUN_SECTION, Arguments
 
 DEFAULT_PIPELINE = project_file("pipeline.yaml")
@@ -47,6 +47,7 @@ DEFAULT_JOB = project_file("jobs/demo.yaml")
 RUNS_ENV = "FACEPIPE_RUNS_DIR"
 EXPERIMENT = "facepipe"
 RUN_RECORD = "run.json"
+SUMMARY = "summary.json"  # what the run's record-run task wrote: outputs, steps executed or reused
 RUNNERS = ("subprocess", "docker")
 # What a container gets from this environment (on a cluster: the Kubernetes secrets in pipeline.py).
 PASSED_ENV_PREFIXES = ("AWS_", "OBS_", "MLFLOW_", "FACEPIPE_", "OMP_NUM_THREADS")
@@ -69,8 +70,20 @@ def file_digest(path: Path) -> str:
     return "sha256:" + sha256_file(path)
 
 
+def _dag_tasks(spec: dict, dag: dict) -> dict[str, dict]:
+    """Every task of a DAG and of the DAGs nested in it (exit handler, conditions), by name."""
+    found = {}
+    for name, task in dag.get("tasks", {}).items():
+        found[name] = task
+        nested = spec["components"].get(task["componentRef"]["name"], {}).get("dag")
+        if nested:
+            found.update(_dag_tasks(spec, nested))
+    return found
+
+
 class PipelineSpec:
-    """The compiled pipeline.yaml: its tasks, their order and dependencies, its parameters."""
+    """The compiled pipeline.yaml: its step tasks (those with a `lineage` output; the run's light
+    tasks around them are left out), their order and dependencies, its parameters."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -80,7 +93,10 @@ class PipelineSpec:
         except FileNotFoundError:
             raise ConfigError(f"{self.path}: pipeline spec not found; run `make compile`") from None
         self.spec = self.documents[0]
-        self.tasks: dict[str, dict] = self.spec["root"]["dag"]["tasks"]
+        components = self.spec["components"]
+        self.tasks: dict[str, dict] = {
+            name: task for name, task in _dag_tasks(self.spec, self.spec["root"]["dag"]).items()
+            if "lineage" in components[task["componentRef"]["name"]].get("outputDefinitions", {}).get("parameters", {})}
         self.parameters = dict(self.spec["root"].get("inputDefinitions", {}).get("parameters", {}))
 
     @property
@@ -88,7 +104,7 @@ class PipelineSpec:
         return self.spec["pipelineInfo"]["name"]
 
     def upstream(self, task: str) -> list[str]:
-        return list(self.tasks[task].get("dependentTasks", []))
+        return [t for t in self.tasks[task].get("dependentTasks", []) if t in self.tasks]
 
     def downstream(self, task: str) -> list[str]:
         """Tasks that consume `task`'s outputs, directly or not, in pipeline order."""
@@ -141,7 +157,7 @@ class PipelineSpec:
         """The spec's YAML with caching off for some tasks, (locally) no retries, and each executor's
         image replaced by the reference `images` (an images lock's entries) has for its name."""
         spec = json.loads(json.dumps(self.spec))
-        for name, task in spec["root"]["dag"]["tasks"].items():
+        for name, task in _dag_tasks(spec, spec["root"]["dag"]).items():
             if name in set(no_cache):
                 task["cachingOptions"] = {}
             if not retries:
@@ -275,8 +291,9 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
     import kfp.local
     from kfp import components
 
-    from facepipe.orchestration.component_runtime import PARENT_ENV, RUN_PID_ENV, SCRATCH_ENV, SPOOL_ENV
-    from facepipe.orchestration.images import image_digests, read_lock
+    from facepipe.orchestration.component_runtime import RUN_PID_ENV, SCRATCH_ENV, SPOOL_ENV
+    from facepipe.orchestration.images import read_lock
+    from facepipe.orchestration.pipeline_run import LOCAL_RUN_ENV, SUMMARY_ENV
 
     spec = PipelineSpec(pipeline or DEFAULT_PIPELINE)
     arguments_model = Arguments(_pipeline_steps(spec))
@@ -299,24 +316,19 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
 
     os.environ[SCRATCH_ENV] = str(base / "scratch")
     os.environ[RUN_PID_ENV] = str(os.getpid())  # the steps end when this process dies (kill -9 too)
-    parent_id = None
+    # What a cluster's tasks get from their pod: the run's id, by which they find the MLflow parent
+    # that the run's `begin-run` task makes (and `finish-run` ends); `record-run` writes the summary.
+    os.environ[LOCAL_RUN_ENV] = record.id
+    os.environ[SUMMARY_ENV] = str(folder / SUMMARY)
+    saved_uri = os.environ.pop("MLFLOW_TRACKING_URI", None) if not track else None
     if track:
-        from facepipe import tracking
-
         uri = _tracking_setup(base)
-        tags = {"facepipe.local_run_id": record.id, "facepipe.git_commit": tracking.git_commit(),
-                "facepipe.pipeline_digest": record.pipeline_digest,
-                **{f"facepipe.image.{k}": v for k, v in image_digests().items()}}
-        if from_run:
-            tags.update({"facepipe.rerun_of": from_run, "facepipe.rerun_step": rerun_step or ""})
-        parent_id = tracking.start_pipeline_run(experiment, tags)
-        os.environ[PARENT_ENV] = parent_id
+        values["mlflow_experiment"] = values.get("mlflow_experiment") or experiment
         if runner == "subprocess" or not uri.startswith(("http://", "https://")):
             # Replayed by this process; containers log to a tracking server themselves, as on a cluster.
             os.environ[SPOOL_ENV] = str(folder / "tracking-spool")
         _replay_leftovers(base)
-        tracking.MlflowLogger(parent_id).log_params(values)  # all pipeline parameters, batched
-        record.mlflow = {"tracking_uri": uri, "experiment": experiment, "parent_run_id": parent_id}
+        record.mlflow = {"tracking_uri": uri, "experiment": values["mlflow_experiment"], "parent_run_id": ""}
         record.save(folder)
 
     started = time.time()
@@ -324,9 +336,7 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
     kfp.local.init(runner=kfp_runner, pipeline_root=str(folder / "kfp"), enable_caching=True,
                    cache_root=str(base / ".kfp_cache"))
     try:
-        task = components.load_component_from_file(str(run_spec))(**values)
-        record.outputs = {name: artifact.uri for name, artifact in task.outputs.items()
-                          if hasattr(artifact, "uri")}
+        components.load_component_from_file(str(run_spec))(**values)
         record.status = "succeeded"
     except Exception as exc:  # kfp.local raises RuntimeError naming the failed task
         record.status = "failed"
@@ -336,15 +346,20 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
     finally:
         record.seconds = round(time.time() - started, 2)
         record.end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        summary = json.loads((folder / SUMMARY).read_text()) if (folder / SUMMARY).exists() else {}
+        record.outputs = summary.get("outputs", {})
         record.steps = _task_states(spec, folder / "kfp", record.status == "succeeded")
         record.save(folder)
-        if parent_id:
+        if track:
             from facepipe.orchestration.component_runtime import replay_spool
 
             replay_spool(folder / "tracking-spool")
-            _finish_parent(parent_id, record)
-        os.environ.pop(PARENT_ENV, None)
-        os.environ.pop(SPOOL_ENV, None)
+            _tag_parent(record)
+            record.save(folder)
+        for name in (SPOOL_ENV, LOCAL_RUN_ENV, SUMMARY_ENV):
+            os.environ.pop(name, None)
+        if saved_uri is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_uri
     if record.status == "interrupted":
         raise KeyboardInterrupt
     if record.status != "succeeded":
@@ -399,21 +414,24 @@ def _replay_leftovers(base: Path) -> None:
             replay_spool(spool)
 
 
-def _finish_parent(parent_id: str, record: RunRecord) -> None:
-    from facepipe.tracking import MlflowLogger, end_run
+def _tag_parent(record: RunRecord) -> None:
+    """What only the local runner knows, on the run's MLflow parent (made and ended by the run's own
+    tasks, found by the local run id): the spec's digest, what it reruns, each task's state as seen
+    in the pipeline root. A run stopped by Ctrl-C never reached its exit task: it is ended KILLED."""
+    from facepipe.orchestration.pipeline_run import find_parent
+    from facepipe.tracking import MlflowLogger, end_run, get_run
 
-    images = record.outputs.get("images")
-    logger = MlflowLogger(parent_id)
-    logger.set_tags({**{f"facepipe.step.{k}": v for k, v in record.steps.items()},
-                     "facepipe.input_data_digest": f"sha256:{content_digest(images)}"
-                     if images and (Path(images) / MANIFEST).exists() else "",
-                     "facepipe.status": record.status})
-    metrics_path = record.outputs.get("metrics")
-    if metrics_path and Path(metrics_path).is_file():
-        logger.log_metrics(json.loads(Path(metrics_path).read_text()))
-    logger.log_metrics({"pipeline_seconds": record.seconds})
-    status = {"succeeded": "FINISHED", "interrupted": "KILLED"}.get(record.status, "FAILED")
-    end_run(parent_id, status)
+    parent = find_parent(("facepipe.local_run_id", record.id))
+    if not parent:
+        return
+    record.mlflow["parent_run_id"] = parent
+    tags = {"facepipe.pipeline_digest": record.pipeline_digest, "facepipe.status": record.status,
+            **{f"facepipe.step.{task}": state for task, state in record.steps.items()}}
+    if record.from_run:
+        tags.update({"facepipe.rerun_of": record.from_run, "facepipe.rerun_step": record.rerun_step or ""})
+    MlflowLogger(parent).set_tags(tags)
+    if record.status == "interrupted" and get_run(parent).info.status == "RUNNING":
+        end_run(parent, "KILLED")
 
 
 def _pipeline_steps(spec: PipelineSpec) -> list[str]:

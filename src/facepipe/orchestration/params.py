@@ -8,7 +8,8 @@ Types map to KFP parameter types: int, float, bool and str stay themselves; opti
 (`None` default) and lists/dicts become strings (`""` means None; lists as JSON, e.g.
 `[[16, 32], [64, 128]]`, or `1,2,3` for flat lists), which the component turns back into the
 config's types. Besides the step keys the pipeline has a few run-level parameters
-(`RUN_PARAMETERS`): the given data, where to publish outputs, and the MLflow parent run.
+(`RUN_PARAMETERS`): the given data, where to publish outputs, and the MLflow experiment and run to
+nest under; no step task takes them (but pack the data), so they never change a step's cache key.
 
 Users write `--set step.key=value` (or `step__key=value`); job files have one section per step.
 """
@@ -33,10 +34,12 @@ SEP = "__"
 RUN_PARAMETERS = {
     "data_uri": ("", "given data (file://, s3://, obs:// or a path) with faces/<identity>/*.jpg and "
                      "detection/{train,val,test}/; empty: synthesize it from the synth__* parameters"),
-    "output_uri": ("", "where each step also publishes its outputs (<output_uri>/<step>/); empty: "
-                       "only the pipeline root"),
-    "mlflow_parent_run_id": ("", "MLflow run the steps log their child runs under; empty: the "
-                                 "FACEPIPE_MLFLOW_PARENT_RUN_ID environment variable, else none"),
+    "output_uri": ("", "where the run also publishes each step's output (<output_uri>/<step>/, by a light publish "
+                       "task: not part of any step's cache key); empty: only the pipeline root"),
+    "mlflow_parent_run_id": ("", "an MLflow run to nest the run's parent run under (a standalone component: "
+                                 "its step run); empty: none"),
+    "mlflow_experiment": ("", "MLflow experiment of the run's parent run; empty: MLFLOW_EXPERIMENT_NAME, else "
+                              "facepipe"),
 }
 RUN_SECTION = "pipeline"
 

@@ -6,21 +6,21 @@ S3-compatible endpoint). Caching stays on per task, so resubmitting with one cha
 reruns that step and its downstream steps and reuses the rest; `rerun_step` forces one step to
 execute even with unchanged parameters (its cache is turned off in the submitted spec).
 
-With MLFLOW_TRACKING_URI set, the parent MLflow run is created here, tagged with the KFP run id;
-the steps find it through that tag (their pods get the run id from the `pipeline/runid` label,
-which is not a task input, so it does not defeat caching).
+The MLflow parent run is made on the cluster by the run's `begin-run` task (in the MLflow
+experiment named like the KFP one: the `mlflow_experiment` parameter), tagged with the KFP run id;
+the tasks find it through that tag (their pods get the run id from the `pipeline/runid` label,
+which is not a task input, so it does not defeat caching) and `finish-run` ends it.
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from facepipe.errors import ConfigError, FacepipeError
-from facepipe.orchestration.local import DEFAULT_PIPELINE, EXPERIMENT, PipelineSpec, _pipeline_steps, file_digest
+from facepipe.orchestration.local import DEFAULT_PIPELINE, EXPERIMENT, PipelineSpec, _pipeline_steps
 from facepipe.orchestration.params import Arguments
 
 REMOTE_ROOTS = ("s3://", "minio://", "gs://")
@@ -57,6 +57,7 @@ def prepare(host: str, job: str | Path | None = None, sets: Iterable[str] | None
     model = Arguments(_pipeline_steps(spec))
     spec.check_parameters(model.parameters)
     values = model.resolve(job, sets)
+    values["mlflow_experiment"] = values.get("mlflow_experiment") or experiment
     # Send only what differs from the spec's defaults: the KFP UI then shows what this run changed.
     defaults = {name: p.get("defaultValue") for name, p in spec.parameters.items()}
     changed = {k: v for k, v in values.items() if defaults.get(k) != v}
@@ -73,8 +74,8 @@ def prepare(host: str, job: str | Path | None = None, sets: Iterable[str] | None
                       namespace=namespace, changed=changed)
 
 
-def submit(sub: Submission, track: bool = True) -> dict[str, str]:
-    """Create the run on the backend; returns its id (and the MLflow parent run id when tracking)."""
+def submit(sub: Submission) -> dict[str, str]:
+    """Create the run on the backend; returns its id, name and experiment."""
     import kfp
 
     from facepipe.secrets import redact
@@ -88,14 +89,4 @@ def submit(sub: Submission, track: bool = True) -> dict[str, str]:
         lines = [line for line in str(exc).splitlines() if line.strip()]
         raise FacepipeError(f"KFP at {sub.host} refused or could not be reached: "
                             f"{redact(lines[-1] if lines else type(exc).__name__)[:500]}") from None
-    out = {"run_id": result.run_id, "run_name": sub.run_name, "experiment": sub.experiment}
-    if track and os.environ.get("MLFLOW_TRACKING_URI"):
-        from facepipe import tracking
-        from facepipe.orchestration.images import image_digests
-
-        tags = {"facepipe.kfp_run_id": result.run_id, "facepipe.kfp_host": sub.host,
-                "facepipe.git_commit": tracking.git_commit(), "facepipe.pipeline_digest": file_digest(Path(sub.pipeline_file)),
-                **{f"facepipe.image.{k}": v for k, v in image_digests().items()}}
-        out["mlflow_parent_run_id"] = tracking.start_pipeline_run(sub.experiment, tags, run_name=sub.run_name)
-        tracking.MlflowLogger(out["mlflow_parent_run_id"]).log_params(sub.arguments)
-    return out
+    return {"run_id": result.run_id, "run_name": sub.run_name, "experiment": sub.experiment}
