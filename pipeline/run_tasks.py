@@ -60,7 +60,8 @@ def record_component(tasks: tuple[str, ...]):
     for task in tasks:
         signature.arg(f"{task}_lineage", "str", f"the {task} task's lineage output")
     body = ("from facepipe.orchestration.pipeline_run import record\n\n"
-            f"record({{t: locals()[t + '_lineage'] for t in {tasks!r}}}, {tasks[-1]!r})")
+            "given = dict(locals())\n"
+            f"record({{t: given[t + '_lineage'] for t in {tasks!r}}}, {tasks[-1]!r})")
     return lightweight_component("record_run", signature, "Tag the MLflow parent with each step executed or reused "
                                  "(a reused one linked to the run that made its artifact)", body, TRACKING_IMAGE,
                                  MODULE)

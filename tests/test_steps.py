@@ -77,5 +77,8 @@ def test_each_pipeline_step_has_a_component_matching_its_ports(name, monkeypatch
     assert artifact_inputs == expected_in
     outputs = {k: v.type.split("@")[0] for k, v in spec.outputs.items() if k not in ("metrics", "report")}
     assert outputs == {STEPS[s].output: kinds[STEPS[s].output] for s in hosted + [name]}
-    assert {"output_uri", "mlflow_parent_run_id"} <= set(spec.inputs)
+    # Nothing that changes per run is a step input (it would be part of the cache key); pack gets the data's digest.
+    assert not {"output_uri", "mlflow_parent_run_id", "mlflow_experiment"} & set(spec.inputs)
+    assert spec.outputs["lineage"].type == "String"
+    assert ("data_digest" in spec.inputs) == bool(hosted)
     assert (PROJECT_ROOT / "components" / name / "README.md").exists()

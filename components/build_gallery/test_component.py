@@ -33,7 +33,7 @@ def test_component_through_kfp_local(kfp_local, tiny_data, tiny_models):
     detector, recognizer = tiny_models
     task = run_component(kfp_local, build_gallery, {"images": (Dataset, tiny_data), "detector": (Model, detector),
                                                     "recognizer": (Model, recognizer)},
-                         **tiny_values("build_gallery"), output_uri="", mlflow_parent_run_id="")
+                         **tiny_values("build_gallery"))
     names, _ = enrolled(task / "gallery")
     assert names == sorted(p.name for p in (tiny_data / "faces").iterdir())
     assert json.loads((task / "metrics").read_text())["identities"] == tiny_config("synth").identities

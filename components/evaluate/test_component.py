@@ -31,7 +31,7 @@ def test_component_through_kfp_local(kfp_local, tiny_data, tiny_models, tiny_gal
     detector, recognizer = tiny_models
     task = run_component(kfp_local, evaluate, {"images": (Dataset, tiny_data), "detector": (Model, detector),
                                                "recognizer": (Model, recognizer), "gallery": (Dataset, tiny_gallery)},
-                         **tiny_values("evaluate"), output_uri="", mlflow_parent_run_id="")
+                         **tiny_values("evaluate"))
     metrics = json.loads((task / "metrics").read_text())
     written = json.loads((task / "evaluation" / "metrics.json").read_text())
     for key in ("verification.accuracy", "identification.rank1", "detection.ap50"):

@@ -33,7 +33,7 @@ def test_component_through_kfp_local(kfp_local, tiny_data):
     from components.train_detection.component import train_detection
 
     task = run_component(kfp_local, train_detection, {"images": (Dataset, tiny_data)},
-                         **tiny_values("train_detection"), output_uri="", mlflow_parent_run_id="")
+                         **tiny_values("train_detection"))
     assert (task / "detector" / "model.onnx").exists()
     assert detects_on_a_scene(task / "detector", tiny_data).shape[1] == 15
     metrics = json.loads((task / "metrics").read_text())

@@ -34,7 +34,7 @@ def test_component_through_kfp_local(kfp_local, tiny_data, tiny_records):
     from components.train_recognition.component import train_recognition
 
     task = run_component(kfp_local, train_recognition, {"records": (Dataset, tiny_records)},
-                         **tiny_values("train_recognition"), output_uri="", mlflow_parent_run_id="")
+                         **tiny_values("train_recognition"))
     assert (task / "recognizer" / "model.onnx").exists()
     assert embeds_faces(task / "recognizer", tiny_data).shape == (2, tiny_config("train_recognition").embedding_size)
     assert json.loads((task / "metrics").read_text())["steps"] == tiny_config("train_recognition").max_steps

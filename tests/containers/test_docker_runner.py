@@ -104,7 +104,7 @@ def test_rerun_of_evaluate_in_containers_executes_only_evaluate(first_run, docke
 
 def test_a_step_in_its_container_sees_hostile_strings_exactly(pushed, sandbox, tmp_path, monkeypatch):
     """Quotes, backslashes, newlines, unicode and JSON list text through the spec's command, the
-    Docker command line and the executor input, into the step (pack's file prefix, the parent run id)."""
+    Docker command line and the executor input, into the step (pack's file prefix, the data digest)."""
     import kfp.local
 
     from facepipe.orchestration.local import docker_runner
@@ -112,7 +112,7 @@ def test_a_step_in_its_container_sees_hostile_strings_exactly(pushed, sandbox, t
     from facepipe.orchestration.params import step_parameters
 
     prefix = '["lfw.bin", "naïve ü 😀"]\n"quoted"'
-    parent = 'parent "run" \\ back\\\\slash\nline ü ["a", "b\\"c"]'
+    digest = 'digest "run" \\ back\\\\slash\nline ü ["a", "b\\"c"]'
     for k in [k for k in os.environ if k.startswith(("FACEPIPE_", "MLFLOW_"))]:
         monkeypatch.delenv(k)
     spool = tmp_path / "spool"
@@ -125,9 +125,9 @@ def test_a_step_in_its_container_sees_hostile_strings_exactly(pushed, sandbox, t
         "synth__identities": 3, "synth__images": 2, "synth__scenes": 0, "synth__eval_identities": 0,
         "synth__face_size": 32}
     pack = component("pack", hosts=("synth",))
-    task = pack(**synth, pack__size=32, pack__workers=1, pack__prefix=prefix, mlflow_parent_run_id=parent)
+    task = pack(**synth, pack__size=32, pack__workers=1, pack__prefix=prefix, data_digest=digest)
     records = Path(task.outputs["records"].path)
     assert (records / f"{prefix}.rec").is_file() and (records / f"{prefix}.idx").is_file(), list(records.iterdir())
     events = [json.loads(line) for f in sorted(spool.glob("*.jsonl")) for line in f.read_text().splitlines()]
-    assert [e["parent"] for e in events if e["op"] == "start"] == [parent, parent]
+    assert json.loads(task.outputs["lineage"])["data_digest"] == digest  # the string came through intact
     assert [e["params"]["prefix"] for e in events if e["op"] == "params" and "prefix" in e["params"]] == [prefix]

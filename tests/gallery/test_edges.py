@@ -110,11 +110,13 @@ def test_step_run_params_are_the_config_keys_once(gallery_data, untrained_recogn
     from facepipe.config import load_config, to_dict
     from facepipe.gallery.build import GalleryConfig
     from facepipe.orchestration import component_runtime as runtime
+    from facepipe.orchestration import pipeline_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "edges")
-    for name in (runtime.SPOOL_ENV, runtime.PARENT_ENV, runtime.SCRATCH_ENV, runtime.KFP_RUN_ENV):
+    for name in (runtime.SPOOL_ENV, runtime.PARENT_ENV, runtime.SCRATCH_ENV, pipeline_run.KFP_RUN_ENV,
+                 pipeline_run.LOCAL_RUN_ENV):
         monkeypatch.delenv(name, raising=False)
     people = str(_people(gallery_data["gallery"], tmp_path / "people", 3))
     assert main(["build-gallery", people, "none", str(untrained_recognizer), str(tmp_path / "cli"),

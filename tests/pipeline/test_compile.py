@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -73,13 +74,14 @@ def test_every_step_config_key_is_a_pipeline_parameter():
     for step in PIPELINE_STEPS:
         for key in keys(STEPS[step].config_class()):
             assert f"{step}__{key}" in params, f"{step}.{key} is not a pipeline parameter"
-    assert {"data_uri", "output_uri", "mlflow_parent_run_id"} <= params
+    assert {"data_uri", "output_uri", "mlflow_parent_run_id", "mlflow_experiment"} <= params
 
 
 def test_cluster_settings_in_the_spec():
+    from facepipe.orchestration.local import PipelineSpec
+
     spec, platform = list(yaml.safe_load_all(COMMITTED.read_text()))
-    tasks = spec["root"]["dag"]["tasks"]
-    for name, task in tasks.items():
+    for name, task in PipelineSpec(COMMITTED).tasks.items():
         assert task["retryPolicy"]["maxRetryCount"] == 2, name
         assert task["retryPolicy"]["backoffDuration"] == "60s"
     executors = spec["deploymentSpec"]["executors"]
@@ -118,20 +120,56 @@ def test_every_component_input_is_typed_and_described():
     from facepipe.orchestration.params import step_parameters
     from facepipe.steps import STEPS
 
+    from facepipe.orchestration.local import PipelineSpec, _dag_tasks
+
     spec = list(yaml.safe_load_all(COMMITTED.read_text()))[0]
-    for task_name, task in spec["root"]["dag"]["tasks"].items():
+    for task_name, task in _dag_tasks(spec, spec["root"]["dag"]).items():
         component = spec["components"][task["componentRef"]["name"]]
-        params = component["inputDefinitions"]["parameters"]
-        for name, body in params.items():
-            assert body["parameterType"] in ("STRING", "NUMBER_INTEGER", "NUMBER_DOUBLE", "BOOLEAN"), name
+        for name, body in component.get("inputDefinitions", {}).get("parameters", {}).items():
+            if "dag" in component:
+                continue  # the exit handler's and conditions' own channels, not a component's inputs
+            assert body["parameterType"] in ("STRING", "NUMBER_INTEGER", "NUMBER_DOUBLE", "BOOLEAN",
+                                             "TASK_FINAL_STATUS"), name
             assert body.get("description"), f"{task_name}.{name} has no description"
+    for task_name, task in PipelineSpec(COMMITTED).tasks.items():
+        params = spec["components"][task["componentRef"]["name"]]["inputDefinitions"]["parameters"]
         step = task_name.replace("-", "_")
         keys = {p.name for p in step_parameters(step)} | ({p.name for p in step_parameters("synth")}
                                                           if step == "pack" else set())
         assert keys <= set(params), sorted(keys - set(params))
         # Every value arrives as its own pipeline parameter, never inside a constant.
         for name, value in task["inputs"]["parameters"].items():
-            assert value == {"componentInputParameter": name}, (task_name, name, value)
+            if name != "data_digest":  # pack's: the data-digest task's output
+                assert value == {"componentInputParameter": f"pipelinechannel--{name}"}, (task_name, name, value)
     help_text = STEPS["train_recognition"].config_class().__dataclass_fields__["lr_steps"].metadata["help"]
     lr_steps = spec["components"]["comp-train-recognition"]["inputDefinitions"]["parameters"]["train_recognition__lr_steps"]
     assert help_text in lr_steps["description"] and "JSON" in lr_steps["description"]
+
+
+def test_an_exit_handler_ends_the_run_and_no_step_is_keyed_by_the_publish_target():
+    """One MLflow parent per run: `begin-run` first, `finish-run` as the exit handler's task (it gets the
+    final status, and runs after a failure too); `output_uri` reaches only the publish tasks, and
+    pack's cache key holds the given data's digest (the data-digest task's output)."""
+    from facepipe.orchestration.local import PipelineSpec, _dag_tasks
+    from pipeline.pipeline import TASKS
+
+    spec = list(yaml.safe_load_all(COMMITTED.read_text()))[0]
+    root = spec["root"]["dag"]["tasks"]
+    finish = root["finish-run"]
+    assert finish["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert finish["inputs"]["parameters"]["status"]["taskFinalStatus"]["producerTask"] == "exit-handler-1"
+    assert "cachingOptions" not in finish or not finish["cachingOptions"].get("enableCache")
+    everything = _dag_tasks(spec, spec["root"]["dag"])
+    steps = PipelineSpec(COMMITTED).tasks
+    assert set(steps) == {t.replace("_", "-") for t in TASKS}
+    for name, task in steps.items():
+        params = task["inputs"].get("parameters", {})
+        assert not {"output_uri", "mlflow_parent_run_id", "mlflow_experiment"} & set(params), name
+        assert "begin-run" in task["dependentTasks"], name  # the parent exists before any step
+        executor = spec["deploymentSpec"]["executors"][spec["components"][task["componentRef"]["name"]]["executorLabel"]]
+        assert "output_uri" not in json.dumps(executor), name
+        assert task["cachingOptions"].get("enableCache") is True, name
+    assert steps["pack"]["inputs"]["parameters"]["data_digest"]["taskOutputParameter"]["producerTask"] == "data-digest"
+    publishers = {n: t for n, t in everything.items() if n.startswith("publish")}
+    assert publishers and all("output_uri" in t["inputs"]["parameters"] for t in publishers.values())
+    assert {"begin-run", "data-digest", "record-run"} <= set(everything)

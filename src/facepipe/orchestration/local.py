@@ -426,7 +426,7 @@ def _tag_parent(record: RunRecord) -> None:
         return
     record.mlflow["parent_run_id"] = parent
     tags = {"facepipe.pipeline_digest": record.pipeline_digest, "facepipe.status": record.status,
-            **{f"facepipe.step.{task}": state for task, state in record.steps.items()}}
+            **{f"facepipe.step.{task.replace('-', '_')}": state for task, state in record.steps.items()}}
     if record.from_run:
         tags.update({"facepipe.rerun_of": record.from_run, "facepipe.rerun_step": record.rerun_step or ""})
     MlflowLogger(parent).set_tags(tags)
