@@ -75,7 +75,7 @@ def test_each_pipeline_step_has_a_component_matching_its_ports(name, monkeypatch
     # A task hosting its data source (pack) gets no artifact in; the others get one per port.
     expected_in = {} if hosted else {p.artifact: kinds[p.artifact] for p in step.inputs}
     assert artifact_inputs == expected_in
-    outputs = {k: v.type.split("@")[0] for k, v in spec.outputs.items() if k not in ("metrics", "report")}
+    outputs = {k: v.type.split("@")[0] for k, v in spec.outputs.items() if k not in ("metrics", "report", "lineage")}
     assert outputs == {STEPS[s].output: kinds[STEPS[s].output] for s in hosted + [name]}
     # Nothing that changes per run is a step input (it would be part of the cache key); pack gets the data's digest.
     assert not {"output_uri", "mlflow_parent_run_id", "mlflow_experiment"} & set(spec.inputs)

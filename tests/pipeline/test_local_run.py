@@ -164,20 +164,3 @@ def test_credentials_appear_nowhere(first_run, services_env, s3_server, obs_serv
             texts += [json.dumps(run.data.params), json.dumps(run.data.tags)]
     for secret in secrets:
         assert not any(secret in t for t in texts), "a secret key leaked"
-
-
-def test_on_a_cluster_steps_find_their_parent_run_by_the_kfp_run_id(mlflow_env, synth_small, tmp_path, monkeypatch):
-    """What a KFP pod does: no parent id given, FACEPIPE_KFP_RUN_ID from the pod label (not a task input)."""
-    from facepipe.orchestration.component_runtime import run_step
-    from facepipe.tracking import find_runs
-
-    for name in ("FACEPIPE_TRACKING_SPOOL", "FACEPIPE_MLFLOW_PARENT_RUN_ID", "FACEPIPE_SCRATCH_DIR"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("FACEPIPE_KFP_RUN_ID", "kfp-run-cluster-pods")
-    for out in ("a", "b"):
-        run_step("pack", {"size": 64, "workers": 1}, {"src": str(synth_small / "faces")}, str(tmp_path / out))
-    (parent,) = find_runs(tags={"facepipe.kfp_run_id": "kfp-run-cluster-pods", "facepipe.kind": "pipeline"})
-    children = find_runs(parent_id=parent.info.run_id)
-    assert [c.data.tags["facepipe.step"] for c in children] == ["pack", "pack"]
-    assert all(c.info.status == "FINISHED" for c in children)
-    assert children[0].data.params["size"] == "64"

@@ -457,7 +457,8 @@ def rerun_plan(spec: PipelineSpec, step: str) -> tuple[str, list[str], list[str]
 
 
 def rerun(step: str, from_run: str, sets: Iterable[str] | None = None, *, root=None, pipeline=None,
-          track: bool = True, experiment: str = EXPERIMENT, runner: str | None = None) -> RunRecord:
+          track: bool = True, experiment: str = EXPERIMENT, runner: str | None = None,
+          retries: bool = False) -> RunRecord:
     """Rerun `step` and what depends on it with changed parameters, reusing the run's upstream artifacts."""
     earlier = find_run(from_run, root)
     spec = PipelineSpec(pipeline or DEFAULT_PIPELINE)
@@ -481,7 +482,8 @@ def rerun(step: str, from_run: str, sets: Iterable[str] | None = None, *, root=N
         qualified.append(f"{key}={value}")
     known = {k: v for k, v in earlier.arguments.items() if k in model.parameters}
     record = run_local(None, qualified, pipeline=spec.path, root=root, base_arguments=known, rerun_step=task,
-                       from_run=earlier.id, track=track, experiment=experiment, runner=runner or earlier.runner)
+                       from_run=earlier.id, track=track, experiment=experiment, runner=runner or earlier.runner,
+                       retries=retries)
     recomputed = [t for t, state in record.steps.items() if state == "executed" and t not in [task] + downstream]
     if recomputed:
         # Their cache entries or artifacts were gone (cleaned runs folder, other pipeline.yaml).
