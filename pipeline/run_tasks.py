@@ -34,8 +34,8 @@ def begin_component():
     signature = Signature()
     for p in pipeline_parameters(PIPELINE_STEPS):
         signature.arg(p.name, p.kind.__name__, p.help or RUN_PARAMETERS.get(p.name, ("", p.name))[1], p.default)
-    body = ("from facepipe.orchestration.pipeline_run import begin\n\n"
-            "parameters = dict(locals())\n"
+    body = ("parameters = dict(locals())  # the inputs, before anything else is a local\n"
+            "from facepipe.orchestration.pipeline_run import begin\n\n"
             "begin(parameters, parameters['mlflow_experiment'], parameters['mlflow_parent_run_id'])")
     return lightweight_component("begin_run", signature, "Create the pipeline run's MLflow parent run and log "
                                  "every pipeline parameter", body, TRACKING_IMAGE, MODULE)
@@ -59,8 +59,8 @@ def record_component(tasks: tuple[str, ...]):
     signature = Signature()
     for task in tasks:
         signature.arg(f"{task}_lineage", "str", f"the {task} task's lineage output")
-    body = ("from facepipe.orchestration.pipeline_run import record\n\n"
-            "given = dict(locals())\n"
+    body = ("given = dict(locals())\n"
+            "from facepipe.orchestration.pipeline_run import record\n\n"
             f"record({{t: given[t + '_lineage'] for t in {tasks!r}}}, {tasks[-1]!r})")
     return lightweight_component("record_run", signature, "Tag the MLflow parent with each step executed or reused "
                                  "(a reused one linked to the run that made its artifact)", body, TRACKING_IMAGE,
