@@ -16,6 +16,8 @@ import pytest
 import yaml
 
 from facepipe.errors import ConfigError
+from facepipe.orchestration.local import PipelineSpec, _dag_tasks
+from facepipe.steps import PIPELINE_STEPS
 from tests.conftest import PROJECT_ROOT
 
 TINY_JOB = PROJECT_ROOT / "jobs" / "tiny.yaml"
@@ -86,7 +88,10 @@ def test_submit_sends_the_spec_with_changed_parameters_and_s3_root(kfp_api, monk
     assert spec["pipelineInfo"]["name"] == "facepipe"
     platform = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert {s["secretName"] for s in platform["exec-train-recognition"]["secretAsEnv"]} >= {"facepipe-s3"}
-    assert all(t["cachingOptions"].get("enableCache") for t in spec["root"]["dag"]["tasks"].values())
+    steps = {name: t for name, t in _dag_tasks(spec, spec["root"]["dag"]).items()
+             if name.replace("-", "_") in PIPELINE_STEPS}
+    assert len(steps) == 5 and all(t["cachingOptions"].get("enableCache") for t in steps.values())
+    assert params["mlflow_experiment"] == "tiny"  # the parent run's experiment, made by the begin-run task
     assert "kfp-submit-secret-value-123" not in json.dumps(requests)
 
 
@@ -96,11 +101,11 @@ def test_rerun_on_kfp_turns_off_the_cache_of_that_step_only(kfp_api, monkeypatch
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     host, requests = kfp_api
     sub = submit.prepare(host, TINY_JOB, ["evaluate.batch_size=4"], rerun_step="evaluate")
-    spec = list(yaml.safe_load_all(open(sub.pipeline_file)))[0]
-    caching = {name: t["cachingOptions"].get("enableCache", False) for name, t in spec["root"]["dag"]["tasks"].items()}
+    tasks = PipelineSpec(sub.pipeline_file).tasks
+    caching = {name: t["cachingOptions"].get("enableCache", False) for name, t in tasks.items()}
     assert caching.pop("evaluate") is False
     assert all(caching.values())
-    assert all("retryPolicy" in t for t in spec["root"]["dag"]["tasks"].values())  # cluster retries kept
+    assert all("retryPolicy" in t for t in tasks.values())  # cluster retries kept
 
 
 def test_submit_refuses_bad_input_before_sending(kfp_api):

@@ -136,7 +136,8 @@ class PipelineSpec:
         params = self.tasks[task].get("inputs", {}).get("parameters", {})
         sections = set()
         for value in params.values():
-            name = value.get("componentInputParameter", "")
+            # Inside the exit handler the pipeline's parameters arrive as `pipelinechannel--<name>`.
+            name = value.get("componentInputParameter", "").removeprefix("pipelinechannel--")
             if "__" in name:
                 sections.add(name.split("__", 1)[0])
         return sorted(sections)
