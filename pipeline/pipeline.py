@@ -42,7 +42,6 @@ SECRETS = {
 }
 ACCELERATOR = "nvidia.com/gpu"
 ARTIFACT_TYPES = {"dataset": dsl.Dataset, "model": dsl.Model, "artifact": dsl.Artifact}
-RUN_TASKS = ("begin-run", "data-digest", "record-run", "finish-run")  # display names of the light tasks
 
 
 def _cluster_settings(task: dsl.PipelineTask, step: Step) -> dsl.PipelineTask:

@@ -4,10 +4,16 @@ Layout under the runs folder (default `runs/`, or FACEPIPE_RUNS_DIR):
 
     runs/<RUN_ID>/run.json       what ran: arguments, status, steps executed or reused, outputs
     runs/<RUN_ID>/pipeline.yaml  the exact spec that ran (caching/retry adjusted for this run)
+    runs/<RUN_ID>/summary.json   what the run's record-run task saw: output artifacts, steps executed or reused
     runs/<RUN_ID>/kfp/...        the KFP pipeline root: artifacts of the steps executed here
     runs/.kfp_cache/             kfp.local's task cache, shared by all runs
     runs/scratch/                unfinished step outputs (checkpoints) kept for resuming
     runs/mlflow.db               the default MLflow tracking store
+
+The run's MLflow parent is made and ended by the run's own tasks (`pipeline_run`: begin-run,
+record-run, the exit handler's finish-run), as on a cluster; this runner gives them the run's id
+(FACEPIPE_LOCAL_RUN_ID), replays the spooled step runs under the parent afterwards, and adds what
+only it knows (the spec's digest, what a rerun reruns; KILLED after Ctrl-C, which no exit task sees).
 
 A step whose component, image, command and arguments match an earlier successful one is not
 executed: kfp.local's cache hands back the earlier run's artifacts. That is how a rerun reuses
