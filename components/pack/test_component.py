@@ -75,6 +75,8 @@ def test_bad_config_value_names_the_key():
 def test_component_reads_obs_and_its_output_is_published_to_s3(kfp_local, synth_small, obs_env, s3_env):
     """Given data from obs:// (Huawei OBS SDK, v4); the pipeline's publish task copies the output to
     s3:// (boto3, SigV4-checked): the target is no input of pack, so no part of its cache key."""
+    from kfp import dsl
+
     from components.pack.component import pack
     from facepipe import storage
     from pipeline.run_tasks import publish_component
@@ -82,12 +84,17 @@ def test_component_reads_obs_and_its_output_is_published_to_s3(kfp_local, synth_
     obs_env.create_bucket("pack-in")
     s3_env.create_bucket("pack-out")
     storage.upload(synth_small, "obs://pack-in/small")
-    task = pack(**step_values("synth"), **step_values("pack", size=64),
-                data_uri="obs://pack-in/small", data_digest="sha256:given")
     assert "output_uri" not in pack.component_spec.inputs
-    assert json.loads(Path(task.outputs["metrics"].path).read_text())["images_packed"] == given_faces(synth_small)
-    publish_component()(artifact=task.outputs["records"], step="pack", output_uri="s3://pack-out/run")
+
+    def pack_and_publish():
+        task = pack(**step_values("synth"), **step_values("pack", size=64), data_uri="obs://pack-in/small",
+                    data_digest="sha256:given")
+        publish_component()(artifact=task.outputs["records"], step="pack", output_uri="s3://pack-out/run")
+
+    dsl.pipeline(name="pack-publish")(pack_and_publish)()
+    (records,) = Path(kfp_local).glob("pack-publish-*/pack/records")
+    assert json.loads((records.parent / "metrics").read_text())["images_packed"] == given_faces(synth_small)
     assert storage.is_complete("s3://pack-out/run/pack")
     local = Path(kfp_local) / "published"
     storage.download("s3://pack-out/run/pack", local)
-    assert (local / "train.rec").read_bytes() == (Path(task.outputs["records"].path) / "train.rec").read_bytes()
+    assert (local / "train.rec").read_bytes() == (records / "train.rec").read_bytes()
