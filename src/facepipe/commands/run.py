@@ -55,7 +55,7 @@ def print_summary(record, root) -> None:
         metrics = Path(record.outputs.get("metrics") or "/nonexistent")
         if metrics.is_file():
             print(f"metrics: {headline('evaluate', json.loads(metrics.read_text()))} (all of them: the metrics output)")
-    print(f"logs: {folder / LOGS}/<step>.log, {folder / LOGS}/pipeline.log")
+    print(f"logs: {folder / LOGS}/ (<step>.log: a step's whole output; pipeline.log: the rest)")
     if record.mlflow:
         from facepipe import tracking
 

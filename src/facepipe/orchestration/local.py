@@ -262,10 +262,14 @@ def _task_states(spec: PipelineSpec, kfp_root: Path, finished: bool) -> dict[str
     return states
 
 
+def tracking_store(base: Path) -> str:
+    """MLFLOW_TRACKING_URI, else the runs folder's sqlite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{base / 'mlflow.db'}"
+
+
 def _tracking_setup(base: Path) -> str:
-    """MLFLOW_TRACKING_URI, else the runs folder's sqlite store; exported for the step processes."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{base / 'mlflow.db'}"
-    os.environ["MLFLOW_TRACKING_URI"] = uri
+    """`tracking_store`, exported for the step processes."""
+    uri = os.environ["MLFLOW_TRACKING_URI"] = tracking_store(base)
     return uri
 
 
@@ -356,6 +360,8 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
                 if parent_id:
                     from facepipe.orchestration.component_runtime import replay_spool
 
+                    if any((folder / "tracking-spool").glob("*.jsonl")):
+                        console.say("  recording the steps' runs and models in MLflow ...")
                     replay_spool(folder / "tracking-spool")
                     _finish_parent(parent_id, record)
                 os.environ.pop(PARENT_ENV, None)
