@@ -7,8 +7,6 @@ import io
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import quote
 
@@ -17,18 +15,7 @@ import pytest
 from facepipe.orchestration.run_console import RunConsole
 from facepipe.progress import parse_line
 from pipeline.pipeline import TASKS
-from tests.conftest import PROJECT_ROOT
-
-FACEPIPE = [sys.executable, "-m", "facepipe.cli"]
-
-
-def facepipe(*args, env, check=True) -> subprocess.CompletedProcess:
-    done = subprocess.run(FACEPIPE + list(args), cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-                          timeout=900)
-    if check:
-        assert done.returncode == 0, f"facepipe {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
-    return done
-
+from tests.pipeline.test_local_run import facepipe
 
 def latest(runs: Path) -> dict:
     return max((json.loads(p.read_text()) for p in runs.glob("*/run.json")), key=lambda r: r["start"] + r["id"])

@@ -15,7 +15,7 @@ for both runners alike: `RunConsole.capture` points file descriptors 1 and 2 at 
 - the terminal gets one line per step: reused, running (with the step's last `Progress` line:
   step/total, rate, epoch, samples/s), done (time and the headline metrics its Step record names),
   failed (time and the last lines of its log). On a TTY the running line is redrawn in place;
-  otherwise plain lines only, no colour codes, a running step's progress at most every 30 s.
+  otherwise plain lines only, no colour codes, a running step's progress after 30 s, 60 s, 120 s, ...
 - `verbose`: every line is echoed as it came instead (kfp.local's output as it would print it).
 
 The split relies on kfp.local's two marker lines (kfp is pinned in requirements.lock; the pipeline
@@ -92,7 +92,7 @@ class _Task:
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.started = time.monotonic()
         self.progress = ""
-        self.shown_progress = 0.0
+        self.next_plain = PLAIN_PROGRESS_EVERY_S  # seconds into the step; doubles, so a long step adds few lines
 
     def write(self, line: str) -> None:
         self.file.write(line + "\n")
@@ -243,8 +243,8 @@ class RunConsole:
         now = time.monotonic()
         if self.tty:
             self._show_running(task)
-        elif now - max(task.started, task.shown_progress) >= PLAIN_PROGRESS_EVERY_S:
-            task.shown_progress = now
+        elif now - task.started >= task.next_plain:
+            task.next_plain *= 2
             self._show_running(task)
 
     def _finish(self, task: _Task, status: str) -> None:
@@ -299,11 +299,10 @@ class RunConsole:
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()
         saved = {fd: os.dup(fd) for fd in (1, 2)}
+        terminal = None
         if self.out is sys.stdout:
             # The terminal as it was: a line-buffered writer on a copy of the original fd 1.
-            self.out = open(os.dup(saved[1]), "w", buffering=1, encoding="utf-8", errors="replace")
-            self.tty = self.out.isatty() and os.environ.get("TERM") != "dumb"
-            self.colour = self.tty and not os.environ.get("NO_COLOR")
+            terminal = self.out = open(os.dup(saved[1]), "w", buffering=1, encoding="utf-8", errors="replace")
         read_end, write_end = os.pipe()
         os.dup2(write_end, 1)
         os.dup2(write_end, 2)
@@ -329,6 +328,10 @@ class RunConsole:
             reader.join(timeout=10)
             if not reader.is_alive():
                 os.close(read_end)
+            if terminal is not None:  # the fds are back: the terminal is plain stdout again
+                with self._lock:
+                    self.out = sys.stdout
+                terminal.close()
 
     def _read(self, fd: int) -> None:
         pending = b""
