@@ -89,7 +89,7 @@ class _Task:
         self.name, self.step = name, step_of_task(name)
         self.log = log
         self.file = open(log, "a", encoding="utf-8", errors="replace")
-        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES + 5)  # + kfp's closing lines
         self.started = time.monotonic()
         self.progress = ""
         self.next_plain = PLAIN_PROGRESS_EVERY_S  # seconds into the step; doubles, so a long step adds few lines
@@ -221,6 +221,9 @@ class RunConsole:
         return self.run_log
 
     def _start(self, task: str, text: str) -> None:
+        if self.trailing is not None:
+            self.trailing.file.close()
+            self.trailing = None
         self._reused(self._upstream_of(task))  # its inputs came from the cache if they did not run here
         self.current = _Task(task, self.logs / f"{step_of_task(task)}.log")
         self.current.write(text)
@@ -258,7 +261,7 @@ class RunConsole:
             body = [line for line in task.tail if not _FINISHED.search(line)]
             while body and not body[-1].strip():
                 body.pop()
-            self._write("".join(f"    | {line}\n" for line in body))
+            self._write("".join(f"    | {line}\n" for line in body[-TAIL_LINES:]))
 
     def _metrics(self, task: str) -> dict:
         """The task's KFP Metrics artifact (JSON, written by component_runtime.run_step)."""
