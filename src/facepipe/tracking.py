@@ -271,6 +271,37 @@ def find_runs(experiment: str | None = None, *, parent_id: str | None = None, st
 
 def param_diff(run_a: str, run_b: str) -> dict[str, tuple[str | None, str | None]]:
     """The params that differ between two runs: name -> (value in a, value in b); None = absent."""
-    client = _client()
-    a, b = client.get_run(run_a).data.params, client.get_run(run_b).data.params
+    a, b = run_data(run_a)["params"], run_data(run_b)["params"]
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def run_data(run_id: str, uri: str | None = None) -> dict:
+    """One run's params, metrics (latest values), experiment id and tags, from `uri` (default: ours)."""
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(tracking_uri=uri or tracking_uri()).get_run(run_id)
+    return {"params": dict(run.data.params), "metrics": dict(run.data.metrics),
+            "experiment_id": run.info.experiment_id, "tags": dict(run.data.tags)}
+
+
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `make mlflow-ui` serves the local store
+
+
+def ui_base(uri: str | None = None) -> str:
+    """The MLflow UI of a tracking URI: a tracking server is its own UI; a local store is shown by
+    `make mlflow-ui`."""
+    uri = uri or tracking_uri()
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS
+
+
+def run_url(run_id: str, experiment_id: str, uri: str | None = None) -> str:
+    return f"{ui_base(uri)}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def compare_url(run_ids: list[str], experiment_ids: list[str], uri: str | None = None) -> str:
+    """The UI's run comparison (MLflow 3.x: `#/compare-runs?runs=[...]&experiments=[...]`, as JSON lists)."""
+    import json
+    from urllib.parse import quote
+
+    as_list = lambda ids: quote(json.dumps(list(dict.fromkeys(ids)), separators=(",", ":")), safe="")
+    return f"{ui_base(uri)}/#/compare-runs?runs={as_list(run_ids)}&experiments={as_list(experiment_ids)}"

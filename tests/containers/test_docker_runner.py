@@ -75,8 +75,11 @@ def test_tiny_pipeline_runs_every_step_in_its_pushed_image(first_run, docker_env
     spec = next(yaml.safe_load_all((Path(docker_env["FACEPIPE_RUNS_DIR"]) / record["id"] / "pipeline.yaml").read_text()))
     used = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert used == {e["reference"] for e in pushed["body"]["images"].values()}
-    for ref in used:  # kfp's DockerRunner names the image it starts each task from
-        assert f"image {ref!r}" in done.stdout + done.stderr, ref
+    logs = "".join(p.read_text() for p in (Path(docker_env["FACEPIPE_RUNS_DIR"]) / record["id"] / "logs").glob("*.log"))
+    for ref in used:  # kfp's DockerRunner names the image it starts each task from, into that task's log
+        assert f"image {ref!r}" in logs, ref
+    assert "Got executor_input" in (Path(docker_env["FACEPIPE_RUNS_DIR"]) / record["id"] / "logs" / "pack.log").read_text()
+    assert len((done.stdout + done.stderr).splitlines()) < 60
     with s3_server.env():
         for step in STEPS_RUN[1:]:
             assert storage.is_complete(f"s3://fp-docker/first/{step}"), step

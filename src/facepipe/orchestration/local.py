@@ -4,6 +4,8 @@ Layout under the runs folder (default `runs/`, or FACEPIPE_RUNS_DIR):
 
     runs/<RUN_ID>/run.json       what ran: arguments, status, steps executed or reused, outputs
     runs/<RUN_ID>/pipeline.yaml  the exact spec that ran (caching/retry adjusted for this run)
+    runs/<RUN_ID>/logs/<step>.log  everything a step's task printed (executor input, the step, a traceback)
+    runs/<RUN_ID>/logs/pipeline.log  the rest: kfp.local's own lines, MLflow, warnings (run_console.py)
     runs/<RUN_ID>/kfp/...        the KFP pipeline root: artifacts of the steps executed here
     runs/.kfp_cache/             kfp.local's task cache, shared by all runs
     runs/scratch/                unfinished step outputs (checkpoints) kept for resuming
@@ -41,12 +43,15 @@ from facepipe.config import project_file
 from facepipe.errors import ConfigError, FacepipeError
 from facepipe.manifest import MANIFEST, content_digest, sha256_file
 from facepipe.orchestration.params import RUN_PARAMETERS, RUN_SECTION, Arguments
+from facepipe.orchestration.run_console import RunConsole, strip_colour
+from facepipe.progress import EVERY_ENV as PROGRESS_EVERY_ENV
 
 DEFAULT_PIPELINE = project_file("pipeline.yaml")
 DEFAULT_JOB = project_file("jobs/demo.yaml")
 RUNS_ENV = "FACEPIPE_RUNS_DIR"
 EXPERIMENT = "facepipe"
 RUN_RECORD = "run.json"
+LOGS = "logs"
 RUNNERS = ("subprocess", "docker")
 # What a container gets from this environment (on a cluster: the Kubernetes secrets in pipeline.py).
 PASSED_ENV_PREFIXES = ("AWS_", "OBS_", "MLFLOW_", "FACEPIPE_", "OMP_NUM_THREADS")
@@ -257,10 +262,14 @@ def _task_states(spec: PipelineSpec, kfp_root: Path, finished: bool) -> dict[str
     return states
 
 
+def tracking_store(base: Path) -> str:
+    """MLFLOW_TRACKING_URI, else the runs folder's sqlite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{base / 'mlflow.db'}"
+
+
 def _tracking_setup(base: Path) -> str:
-    """MLFLOW_TRACKING_URI, else the runs folder's sqlite store; exported for the step processes."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{base / 'mlflow.db'}"
-    os.environ["MLFLOW_TRACKING_URI"] = uri
+    """`tracking_store`, exported for the step processes."""
+    uri = os.environ["MLFLOW_TRACKING_URI"] = tracking_store(base)
     return uri
 
 
@@ -268,8 +277,11 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
               pipeline: str | Path | None = None, root: str | Path | None = None,
               base_arguments: dict[str, Any] | None = None, rerun_step: str | None = None,
               from_run: str | None = None, experiment: str = EXPERIMENT, track: bool = True,
-              retries: bool = False, quiet: bool = False, runner: str = "subprocess") -> RunRecord:
-    """Run the compiled pipeline locally; returns its record (also in runs/<id>/run.json)."""
+              retries: bool = False, verbose: bool = False, runner: str = "subprocess") -> RunRecord:
+    """Run the compiled pipeline locally; returns its record (also in runs/<id>/run.json).
+
+    The terminal gets one line per step (`run_console.RunConsole`), each step's whole output goes to
+    runs/<id>/logs/<step>.log; `verbose` echoes everything as kfp.local prints it."""
     if runner not in RUNNERS:
         raise ConfigError(f"unknown runner {runner!r}; choose one of {list(RUNNERS)}")
     import kfp.local
@@ -297,59 +309,70 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
     run_spec.write_text(spec.variant(no_cache=forced, retries=retries, images=images))
     record.save(folder)
 
-    os.environ[SCRATCH_ENV] = str(base / "scratch")
-    os.environ[RUN_PID_ENV] = str(os.getpid())  # the steps end when this process dies (kill -9 too)
-    parent_id = None
-    if track:
-        from facepipe import tracking
-
-        uri = _tracking_setup(base)
-        tags = {"facepipe.local_run_id": record.id, "facepipe.git_commit": tracking.git_commit(),
-                "facepipe.pipeline_digest": record.pipeline_digest,
-                **{f"facepipe.image.{k}": v for k, v in image_digests().items()}}
-        if from_run:
-            tags.update({"facepipe.rerun_of": from_run, "facepipe.rerun_step": rerun_step or ""})
-        parent_id = tracking.start_pipeline_run(experiment, tags)
-        os.environ[PARENT_ENV] = parent_id
-        if runner == "subprocess" or not uri.startswith(("http://", "https://")):
-            # Replayed by this process; containers log to a tracking server themselves, as on a cluster.
-            os.environ[SPOOL_ENV] = str(folder / "tracking-spool")
-        _replay_leftovers(base)
-        tracking.MlflowLogger(parent_id).log_params(values)  # all pipeline parameters, batched
-        record.mlflow = {"tracking_uri": uri, "experiment": experiment, "parent_run_id": parent_id}
-        record.save(folder)
-
-    started = time.time()
-    kfp_runner = (docker_runner(base, values, engine) if runner == "docker" else kfp.local.SubprocessRunner(use_venv=False))
-    kfp.local.init(runner=kfp_runner, pipeline_root=str(folder / "kfp"), enable_caching=True,
-                   cache_root=str(base / ".kfp_cache"))
+    console = RunConsole(folder / LOGS, spec.order(), {t: spec.upstream(t) for t in spec.order()}, folder / "kfp",
+                         verbose=verbose)
+    origin = f", rerun of {from_run} from {rerun_step}" if from_run else ""
+    console.say(f"run {record.id} ({runner}{origin}): {len(spec.order())} steps; their logs: {folder / LOGS}/")
+    os.environ.setdefault(PROGRESS_EVERY_ENV, "5")  # the steps' progress lines, for the running line
     try:
-        task = components.load_component_from_file(str(run_spec))(**values)
-        record.outputs = {name: artifact.uri for name, artifact in task.outputs.items()
-                          if hasattr(artifact, "uri")}
-        record.status = "succeeded"
-    except Exception as exc:  # kfp.local raises RuntimeError naming the failed task
-        record.status = "failed"
-        record.error = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))[:2000]  # kfp colours its messages
-    except KeyboardInterrupt:
-        record.status = "interrupted"
-    finally:
-        record.seconds = round(time.time() - started, 2)
-        record.end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        record.steps = _task_states(spec, folder / "kfp", record.status == "succeeded")
-        record.save(folder)
-        if parent_id:
-            from facepipe.orchestration.component_runtime import replay_spool
+        with console.capture():
+            os.environ[SCRATCH_ENV] = str(base / "scratch")
+            os.environ[RUN_PID_ENV] = str(os.getpid())  # the steps end when this process dies (kill -9 too)
+            parent_id = None
+            if track:
+                from facepipe import tracking
 
-            replay_spool(folder / "tracking-spool")
-            _finish_parent(parent_id, record)
-        os.environ.pop(PARENT_ENV, None)
-        os.environ.pop(SPOOL_ENV, None)
+                uri = _tracking_setup(base)
+                tags = {"facepipe.local_run_id": record.id, "facepipe.git_commit": tracking.git_commit(),
+                        "facepipe.pipeline_digest": record.pipeline_digest,
+                        **{f"facepipe.image.{k}": v for k, v in image_digests().items()}}
+                if from_run:
+                    tags.update({"facepipe.rerun_of": from_run, "facepipe.rerun_step": rerun_step or ""})
+                parent_id = tracking.start_pipeline_run(experiment, tags)
+                os.environ[PARENT_ENV] = parent_id
+                if runner == "subprocess" or not uri.startswith(("http://", "https://")):
+                    # Replayed by this process; containers log to a tracking server themselves, as on a cluster.
+                    os.environ[SPOOL_ENV] = str(folder / "tracking-spool")
+                _replay_leftovers(base)
+                tracking.MlflowLogger(parent_id).log_params(values)  # all pipeline parameters, batched
+                record.mlflow = {"tracking_uri": uri, "experiment": experiment, "parent_run_id": parent_id}
+                record.save(folder)
+
+            started = time.time()
+            kfp_runner = (docker_runner(base, values, engine) if runner == "docker" else kfp.local.SubprocessRunner(use_venv=False))
+            kfp.local.init(runner=kfp_runner, pipeline_root=str(folder / "kfp"), enable_caching=True,
+                           cache_root=str(base / ".kfp_cache"))
+            try:
+                task = components.load_component_from_file(str(run_spec))(**values)
+                record.outputs = {name: artifact.uri for name, artifact in task.outputs.items()
+                                  if hasattr(artifact, "uri")}
+                record.status = "succeeded"
+            except Exception as exc:  # kfp.local raises RuntimeError naming the failed task
+                record.status = "failed"
+                record.error = strip_colour(str(exc))[:2000]  # kfp colours its messages
+            except KeyboardInterrupt:
+                record.status = "interrupted"
+            finally:
+                record.seconds = round(time.time() - started, 2)
+                record.end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                record.steps = _task_states(spec, folder / "kfp", record.status == "succeeded")
+                record.save(folder)
+                if parent_id:
+                    from facepipe.orchestration.component_runtime import replay_spool
+
+                    if any((folder / "tracking-spool").glob("*.jsonl")):
+                        console.say("  recording the steps' runs and models in MLflow ...")
+                    replay_spool(folder / "tracking-spool")
+                    _finish_parent(parent_id, record)
+                os.environ.pop(PARENT_ENV, None)
+                os.environ.pop(SPOOL_ENV, None)
+    finally:
+        console.finish(record.steps)
     if record.status == "interrupted":
         raise KeyboardInterrupt
     if record.status != "succeeded":
         raise FacepipeError(f"run {record.id} failed: {record.error.splitlines()[0] if record.error else ''}"
-                            f" (steps: {record.steps}; see {folder})")
+                            f" (steps: {record.steps}; logs in {folder / LOGS})")
     return record
 
 
@@ -439,7 +462,8 @@ def rerun_plan(spec: PipelineSpec, step: str) -> tuple[str, list[str], list[str]
 
 
 def rerun(step: str, from_run: str, sets: Iterable[str] | None = None, *, root=None, pipeline=None,
-          track: bool = True, experiment: str = EXPERIMENT, runner: str | None = None) -> RunRecord:
+          track: bool = True, experiment: str = EXPERIMENT, runner: str | None = None,
+          verbose: bool = False) -> RunRecord:
     """Rerun `step` and what depends on it with changed parameters, reusing the run's upstream artifacts."""
     earlier = find_run(from_run, root)
     spec = PipelineSpec(pipeline or DEFAULT_PIPELINE)
@@ -463,7 +487,8 @@ def rerun(step: str, from_run: str, sets: Iterable[str] | None = None, *, root=N
         qualified.append(f"{key}={value}")
     known = {k: v for k, v in earlier.arguments.items() if k in model.parameters}
     record = run_local(None, qualified, pipeline=spec.path, root=root, base_arguments=known, rerun_step=task,
-                       from_run=earlier.id, track=track, experiment=experiment, runner=runner or earlier.runner)
+                       from_run=earlier.id, track=track, experiment=experiment, runner=runner or earlier.runner,
+                       verbose=verbose)
     recomputed = [t for t, state in record.steps.items() if state == "executed" and t not in [task] + downstream]
     if recomputed:
         # Their cache entries or artifacts were gone (cleaned runs folder, other pipeline.yaml).
