@@ -6,7 +6,8 @@ Layout under the runs folder (default `runs/`, or FACEPIPE_RUNS_DIR):
     runs/<RUN_ID>/pipeline.yaml  the exact spec that ran (caching/retry adjusted for this run)
     runs/<RUN_ID>/kfp/...        the KFP pipeline root: artifacts of the steps executed here
     runs/.kfp_cache/             kfp.local's task cache, shared by all runs
-    runs/scratch/                unfinished step outputs (checkpoints) kept for resuming
+    runs/checkpoints/<step>/<digest>/  checkpoints of unfinished trainings, for the next attempt to resume
+                                 (FACEPIPE_CHECKPOINT_ROOT instead of runs/ when set: e.g. s3://...)
     runs/mlflow.db               the default MLflow tracking store
 
 A step whose component, image, command and arguments match an earlier successful one is not
@@ -275,7 +276,8 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
     import kfp.local
     from kfp import components
 
-    from facepipe.orchestration.component_runtime import PARENT_ENV, RUN_PID_ENV, SCRATCH_ENV, SPOOL_ENV
+    from facepipe.orchestration.attempts import CHECKPOINT_ROOT_ENV
+    from facepipe.orchestration.component_runtime import PARENT_ENV, RUN_PID_ENV, SPOOL_ENV
     from facepipe.orchestration.images import image_digests, read_lock
 
     spec = PipelineSpec(pipeline or DEFAULT_PIPELINE)
@@ -297,7 +299,7 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
     run_spec.write_text(spec.variant(no_cache=forced, retries=retries, images=images))
     record.save(folder)
 
-    os.environ[SCRATCH_ENV] = str(base / "scratch")
+    os.environ.setdefault(CHECKPOINT_ROOT_ENV, str(base))  # what a cluster's pipeline root is for checkpoints
     os.environ[RUN_PID_ENV] = str(os.getpid())  # the steps end when this process dies (kill -9 too)
     parent_id = None
     if track:
