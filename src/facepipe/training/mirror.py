@@ -16,6 +16,7 @@ complete steps after each of its uploads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -82,7 +83,8 @@ class CheckpointMirror:
                 if self._error is not None:
                     break
                 self._lock.wait(0.5)
-        shutil.rmtree(self.staging, ignore_errors=True)
+        with contextlib.suppress(OSError):  # shared by the ranks of a node: only the last one removes it
+            self.staging.rmdir()
         if raise_errors:
             self._raise_failure()
 
