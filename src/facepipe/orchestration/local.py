@@ -299,7 +299,9 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
     run_spec.write_text(spec.variant(no_cache=forced, retries=retries, images=images))
     record.save(folder)
 
-    os.environ.setdefault(CHECKPOINT_ROOT_ENV, str(base))  # what a cluster's pipeline root is for checkpoints
+    own_root = CHECKPOINT_ROOT_ENV not in os.environ  # a user's (e.g. s3://...) wins
+    if own_root:
+        os.environ[CHECKPOINT_ROOT_ENV] = str(base)  # what a cluster's pipeline root is for checkpoints
     os.environ[RUN_PID_ENV] = str(os.getpid())  # the steps end when this process dies (kill -9 too)
     parent_id = None
     if track:
@@ -347,6 +349,8 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
             _finish_parent(parent_id, record)
         os.environ.pop(PARENT_ENV, None)
         os.environ.pop(SPOOL_ENV, None)
+        if own_root:
+            os.environ.pop(CHECKPOINT_ROOT_ENV, None)
     if record.status == "interrupted":
         raise KeyboardInterrupt
     if record.status != "succeeded":
