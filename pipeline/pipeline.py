@@ -40,8 +40,10 @@ def _cluster_settings(task: dsl.PipelineTask, step: Step) -> dsl.PipelineTask:
     task.set_cpu_request(step.resources.cpu).set_memory_request(step.resources.memory)
     if step.resources.gpus:
         task.set_accelerator_type(ACCELERATOR).set_accelerator_limit(step.resources.gpus)
-    # Transient failures (preempted node, object store hiccup) get retried; training resumes
-    # from its checkpoint (FACEPIPE_SCRATCH_DIR on a volume) instead of starting over.
+    # Transient failures (preempted node, object store hiccup) get retried; training resumes from
+    # the checkpoints it uploaded under the pipeline root instead of starting over. KFP's retry policy
+    # cannot skip an exit code, so a ConfigError's retry is made to fail at once by the step itself
+    # (facepipe.orchestration.attempts): its backoff wait (60 s, then 120 s) is all it costs.
     task.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0, backoff_max_duration="900s")
     for secret, keys in SECRETS.items():
         kubernetes.use_secret_as_env(task, secret_name=secret,

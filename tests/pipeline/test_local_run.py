@@ -171,7 +171,7 @@ def test_on_a_cluster_steps_find_their_parent_run_by_the_kfp_run_id(mlflow_env, 
     from facepipe.orchestration.component_runtime import run_step
     from facepipe.tracking import find_runs
 
-    for name in ("FACEPIPE_TRACKING_SPOOL", "FACEPIPE_MLFLOW_PARENT_RUN_ID", "FACEPIPE_SCRATCH_DIR"):
+    for name in ("FACEPIPE_TRACKING_SPOOL", "FACEPIPE_MLFLOW_PARENT_RUN_ID", "FACEPIPE_CHECKPOINT_ROOT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("FACEPIPE_KFP_RUN_ID", "kfp-run-cluster-pods")
     for out in ("a", "b"):

@@ -1,4 +1,4 @@
-"""What every KFP component does around its step: config, checkpoint scratch, MLflow child run, report, publish.
+"""What every KFP component does around its step: config, checkpoint URI, MLflow child run, report, publish.
 
 Components (components/<step>/component.py, generated) call `run_component`, which calls
 `run_step` with their inputs keyed by port arg: local paths (KFP gives artifacts as local
@@ -7,10 +7,13 @@ paths, also on a cluster where the launcher copies them from the s3:// pipeline 
 
 - Config: the component receives one typed input per config key (`<step>__<key>`, strings for
   lists/optionals); `run_component` gathers them, `params.decode_config` makes the typed config.
-- Resume: with `FACEPIPE_SCRATCH_DIR` set (`facepipe run` sets it to runs/scratch; on a cluster
-  point it at a volume), the step writes into a scratch folder keyed by step, config and inputs,
-  which survives a killed attempt; the next attempt (KFP retry or a rerun with the same
-  parameters) finds the step's checkpoints there and resumes. On success it moves to the output.
+- Resume: a trainer's checkpoints also go to a checkpoint URI that outlives the pod (its
+  `checkpoint_uri`, else `<checkpoint root>/checkpoints/<step>/<digest of config and inputs>`, the
+  root being FACEPIPE_CHECKPOINT_ROOT or the KFP pipeline root: `facepipe.orchestration.attempts`);
+  the next attempt (KFP retry, preempted pod, rerun with the same parameters) resumes from the newest
+  complete one there. They are removed once the step's output is complete.
+- Configuration errors: a `ConfigError` makes the component exit with `attempts.EXIT_CONFIG_ERROR`
+  and records itself, so that a KFP retry of it fails at once instead of redoing the work.
 - Tracking: with `MLFLOW_TRACKING_URI` set, the step runs inside an MLflow child run of the
   parent run (parameter, else `FACEPIPE_MLFLOW_PARENT_RUN_ID`), with its config as params
   (logged once, by `edge.call_step`), metrics by step
@@ -25,43 +28,26 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
+import dataclasses
 import html
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from facepipe.errors import FacepipeError
+from facepipe.errors import ConfigError, FacepipeError
+from facepipe.orchestration import attempts
+from facepipe.orchestration.attempts import KFP_RUN_ENV
 from facepipe.steps import STEPS
 
-SCRATCH_ENV = "FACEPIPE_SCRATCH_DIR"
 PARENT_ENV = "FACEPIPE_MLFLOW_PARENT_RUN_ID"
-KFP_RUN_ENV = "FACEPIPE_KFP_RUN_ID"
 SPOOL_ENV = "FACEPIPE_TRACKING_SPOOL"
 RUN_PID_ENV = "FACEPIPE_RUN_PID"  # set by `facepipe run`: its step processes end when it dies
 LAST_STEP = "evaluate"  # on a cluster, its end (or any step's failure) ends the parent run
 TIMINGS_ENV = "FACEPIPE_TIMINGS"
 MAX_PLOTS = 24
-
-
-def scratch_key(step: str, config: Mapping[str, Any], inputs: Mapping[str, str | None]) -> str:
-    body = json.dumps({"step": step, "config": config, "inputs": inputs}, sort_keys=True, default=str)
-    return hashlib.sha256(body.encode()).hexdigest()[:20]
-
-
-def _move_contents(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    for item in src.iterdir():
-        target = dst / item.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-        shutil.move(str(item), str(target))
 
 
 def plots(out_dir: Path) -> list[Path]:
@@ -262,14 +248,28 @@ def _end_with(pid: int, every_s: float = 1.0) -> None:
 
 
 def run_step(step: str, config: Mapping[str, Any], inputs_by_arg: Mapping[str, str | None], out_path: str,
-             metrics=None, report=None, parent_run_id: str = "", output_uri: str = "") -> dict:
+             metrics=None, report=None, parent_run_id: str = "", output_uri: str = "",
+             artifact_uri: str = "") -> dict:
     """Run one step the way a component does; returns the step's result dict.
 
     `inputs_by_arg` maps the step's port args (`Step.inputs`) to local paths or URIs (None or
     "none" where optional), localized by `facepipe.edge`; `out_path` is a local folder or a URI
     (published when the step succeeds); `metrics`/`report` are KFP Metrics/HTML output artifacts
-    (or None outside KFP).
+    (or None outside KFP); `artifact_uri`: the output artifact's URI in the pipeline root (KFP), where
+    the default checkpoint root is found.
     """
+    root = attempts.checkpoint_root(artifact_uri)
+    marker = attempts.config_error_marker(root, step)
+    attempts.refuse_retried_config_error(marker)
+    try:
+        return _run_step(step, config, inputs_by_arg, out_path, metrics, report, parent_run_id, output_uri, root)
+    except ConfigError as exc:
+        attempts.record_config_error(marker, exc)
+        raise
+
+
+def _run_step(step: str, config: Mapping[str, Any], inputs_by_arg: Mapping[str, str | None], out_path: str,
+              metrics, report, parent_run_id: str, output_uri: str, root: str) -> dict:
     from facepipe import edge, storage
     from facepipe.config import to_dict
 
@@ -280,6 +280,13 @@ def run_step(step: str, config: Mapping[str, Any], inputs_by_arg: Mapping[str, s
     record = STEPS[step]
     cfg = decode_config(step, dict(config))
     cfg_dict = to_dict(cfg)
+    # Keyed by the inputs as given: a download's temp path differs on every attempt.
+    checkpoints = attempts.checkpoint_uri(step, cfg_dict, inputs_by_arg, root)
+    derived = bool(checkpoints) and not cfg_dict.get("checkpoint_uri")
+    if derived:
+        cfg = dataclasses.replace(cfg, checkpoint_uri=checkpoints)
+        print(f"[facepipe] {step}: checkpoints go to {checkpoints} (a new attempt resumes from there)",
+              file=sys.stderr, flush=True)
     tags = {**edge.run_tags(step, inputs_by_arg, out_path), "facepipe.image": os.environ.get("FACEPIPE_IMAGE", "")}
     child = _ChildRun(step, parent_run_id, tags)
     started = time.time()
@@ -289,24 +296,14 @@ def run_step(step: str, config: Mapping[str, Any], inputs_by_arg: Mapping[str, s
             local = stack.enter_context(contextlib.nullcontext({}) if many_nodes
                                         else edge.local_inputs(record, inputs_by_arg))
             out = Path(stack.enter_context(storage.output_dir(out_path)))
-            scratch_root = os.environ.get(SCRATCH_ENV)
-            # Keyed by the inputs as given: a download's temp path differs on every attempt.
-            work = (Path(scratch_root) / f"{step}-{scratch_key(step, cfg_dict, inputs_by_arg)}"
-                    if scratch_root else out)
-            if work != out and work.exists():
-                print(f"[facepipe] {step}: resuming from the checkpoints of an interrupted attempt in {work}",
-                      file=sys.stderr, flush=True)
-            work.mkdir(parents=True, exist_ok=True)
+            out.mkdir(parents=True, exist_ok=True)
             if many_nodes:
-                child.logger.log_params(cfg_dict)  # what edge.call_step does for a step run here
-                result = _run_trainjob(record, cfg, inputs_by_arg, work, output_uri)
+                child.logger.log_params(to_dict(cfg))  # what edge.call_step does for a step run here
+                result = _run_trainjob(record, cfg, inputs_by_arg, out, output_uri)
                 child.logger.log_metrics(edge.flat_metrics(result))
             else:
-                result = edge.call_step(record, cfg, local, work, child.logger)
+                result = edge.call_step(record, cfg, local, out, child.logger)
             _record_timing(step, time.time() - started)
-            if work != out:
-                _move_contents(work, out)
-                shutil.rmtree(work, ignore_errors=True)
             numbers = edge.flat_metrics(result)
             seconds = time.time() - started
             if metrics is not None:
@@ -332,6 +329,8 @@ def run_step(step: str, config: Mapping[str, Any], inputs_by_arg: Mapping[str, s
                 storage.upload(str(out), target)
                 if child.active:
                     child.logger.set_tags({"facepipe.published": target})
+        if derived:  # the output is complete and holds the model: the resume state of a finished step goes
+            storage.remove(checkpoints)
     except BaseException:
         child.finish("FAILED")
         raise
@@ -382,17 +381,22 @@ def run_component(step: str, args: Mapping[str, Any], hosts: tuple[str, ...] = (
     config = lambda s: {p.key: args[p.name] for p in step_parameters(s)}
     run = {"parent_run_id": args["mlflow_parent_run_id"], "output_uri": args["output_uri"]}
     paths = {}
-    for hosted in hosts:
-        out = paths[STEPS[hosted].output] = args[STEPS[hosted].output].path
-        if args["data_uri"]:
-            storage.download(args["data_uri"], out)
-        else:
-            run_step(hosted, config(hosted), {}, out, **run)
-    record = STEPS[step]
-    if record.in_pipeline:
-        paths.update({p.artifact: args[p.artifact].path for p in record.inputs if p.artifact not in paths})
-        inputs = record.local_inputs(paths)
-    else:  # a standalone step: URIs, localized by facepipe.edge
-        inputs = {p.arg: args[f"{p.artifact}_uri"] for p in record.inputs}
-    run_step(step, config(step), inputs, args[record.output].path, metrics=args["metrics"], report=args["report"],
-             **run)
+    try:
+        for hosted in hosts:
+            artifact = args[STEPS[hosted].output]
+            out = paths[STEPS[hosted].output] = artifact.path
+            if args["data_uri"]:
+                storage.download(args["data_uri"], out)
+            else:
+                run_step(hosted, config(hosted), {}, out, artifact_uri=artifact.uri, **run)
+        record = STEPS[step]
+        if record.in_pipeline:
+            paths.update({p.artifact: args[p.artifact].path for p in record.inputs if p.artifact not in paths})
+            inputs = record.local_inputs(paths)
+        else:  # a standalone step: URIs, localized by facepipe.edge
+            inputs = {p.arg: args[f"{p.artifact}_uri"] for p in record.inputs}
+        run_step(step, config(step), inputs, args[record.output].path, metrics=args["metrics"],
+                 report=args["report"], artifact_uri=args[record.output].uri, **run)
+    except ConfigError as exc:  # deterministic: a status of its own, and no traceback to scroll past
+        print(f"[facepipe] {step}: configuration error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(attempts.EXIT_CONFIG_ERROR) from exc

@@ -8,7 +8,8 @@ Layout under the runs folder (default `runs/`, or FACEPIPE_RUNS_DIR):
     runs/<RUN_ID>/logs/pipeline.log  the rest: kfp.local's own lines, MLflow, warnings (run_console.py)
     runs/<RUN_ID>/kfp/...        the KFP pipeline root: artifacts of the steps executed here
     runs/.kfp_cache/             kfp.local's task cache, shared by all runs
-    runs/scratch/                unfinished step outputs (checkpoints) kept for resuming
+    runs/checkpoints/<step>/<digest>/  checkpoints of unfinished trainings, for the next attempt to resume
+                                 (FACEPIPE_CHECKPOINT_ROOT instead of runs/ when set: e.g. s3://...)
     runs/mlflow.db               the default MLflow tracking store
 
 A step whose component, image, command and arguments match an earlier successful one is not
@@ -287,7 +288,8 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
     import kfp.local
     from kfp import components
 
-    from facepipe.orchestration.component_runtime import PARENT_ENV, RUN_PID_ENV, SCRATCH_ENV, SPOOL_ENV
+    from facepipe.orchestration.attempts import CHECKPOINT_ROOT_ENV
+    from facepipe.orchestration.component_runtime import PARENT_ENV, RUN_PID_ENV, SPOOL_ENV
     from facepipe.orchestration.images import image_digests, read_lock
 
     spec = PipelineSpec(pipeline or DEFAULT_PIPELINE)
@@ -316,7 +318,9 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
     os.environ.setdefault(PROGRESS_EVERY_ENV, "5")  # the steps' progress lines, for the running line
     try:
         with console.capture():
-            os.environ[SCRATCH_ENV] = str(base / "scratch")
+            own_root = CHECKPOINT_ROOT_ENV not in os.environ  # a user's (e.g. s3://...) wins
+            if own_root:
+                os.environ[CHECKPOINT_ROOT_ENV] = str(base)  # what a cluster's pipeline root is for checkpoints
             os.environ[RUN_PID_ENV] = str(os.getpid())  # the steps end when this process dies (kill -9 too)
             parent_id = None
             if track:
@@ -366,6 +370,8 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
                     _finish_parent(parent_id, record)
                 os.environ.pop(PARENT_ENV, None)
                 os.environ.pop(SPOOL_ENV, None)
+                if own_root:
+                    os.environ.pop(CHECKPOINT_ROOT_ENV, None)
     finally:
         console.finish(record.steps)
     if record.status == "interrupted":
