@@ -9,7 +9,7 @@ backbone, head, batch, autocast, clipping and optimizer over 8 preloaded batches
 pixels, labels and channels-last memory format, before the clock starts), with the same torch
 thread count, warm-up steps untimed on both sides (the full step warms up in two short runs before
 the timed one). It is the upper bound the full step is held to. Both run in child processes
-(alternating, two rounds, best of each) so each reports its own peak memory. Throughput is given
+(alternating, `--rounds` rounds, best of each) so each reports its own peak memory. Throughput is given
 per wall-second and per CPU-second (process + loader workers), the latter stable under load.
 Goal: full >= 0.9x bare (the data path is never the bottleneck).
 """
@@ -172,6 +172,7 @@ def main(argv=None) -> int:
     ap.add_argument("--amp", action="store_true", help="bf16 autocast (CPU)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads in both phases (0: torch's default)")
     ap.add_argument("--data", help="packed .rec folder (default: synthesise 40 identities x 16 faces)")
+    ap.add_argument("--rounds", type=int, default=2, help="bare/full alternations (best of each is kept)")
     ap.add_argument("--phase", choices=["full", "bare"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if not args.threads:
@@ -196,7 +197,7 @@ def main(argv=None) -> int:
             "--input-size", str(args.input_size), "--batch", str(args.batch), "--steps", str(args.steps),
             "--workers", str(args.workers), "--threads", str(args.threads)] + (["--amp"] if args.amp else [])
     runs: dict[str, list[dict]] = {"bare": [], "full": []}
-    for _ in range(2):
+    for _ in range(args.rounds):
         for phase in ("bare", "full"):
             proc = subprocess.run(base + ["--phase", phase], capture_output=True, text=True, env=os.environ)
             if proc.returncode != 0:
