@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import resource
+import signal
 import socket
 import statistics
 import subprocess
@@ -83,11 +84,17 @@ def run_rate(args, rate: float) -> list[dict]:
     procs = [subprocess.Popen(cmd + ["--rank", str(r)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for r in range(2)]
     results = []
-    for p in procs:
-        out, err = p.communicate(timeout=600)
-        if p.returncode != 0:
-            raise SystemExit(f"rank failed (rate {rate}):\n{err[-3000:]}")
-        results.append(json.loads([ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1][7:]))
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=600)
+            if p.returncode != 0:
+                raise SystemExit(f"rank failed (rate {rate}):\n{err[-3000:]}")
+            results.append(json.loads([ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1][7:]))
+    finally:
+        for p in procs:  # a bench stopped early must not leave two ranks holding GBs of centers
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     return results
 
 
@@ -102,29 +109,32 @@ def main(argv=None) -> int:
     ap.add_argument("--rank", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` stops it: run the cleanup above
     if args.rank is not None:
         _rank(args)
         return 0
 
-    # centers + gradient + momentum on each rank, plus a few logit-sized temporaries at rate 1.0
+    # per rank: ~400 MB of torch, centers + gradient + momentum (3 shards), and temporaries measured
+    # at 100k classes as ~6.4 shards at rate 1.0 (F.normalize of the centers and its backward, SGD's
+    # weight-decay copy of the gradient) and ~1.2 at rate 0.1
     shard_mb = args.classes / 2 * args.dim * 4 / 2**20
-    need_mb = 2 * (3 * shard_mb + 4 * args.batch * args.classes / 2 * 4 / 2**20 + 400)
+    need_mb = 2 * (400 + (3 + 6.4) * shard_mb)
     print(f"{args.classes} classes x {args.dim} (fp32), 2 gloo ranks x 1 thread, global batch {args.batch}; "
           f"estimated need {need_mb / 1024:.1f} GB at rate 1.0, {_available_mb() / 1024:.1f} GB available")
     if need_mb > 0.8 * _available_mb():
-        print("not enough memory for this class count here: lower --classes and scale the state linearly")
+        print("not enough memory for this class count here: lower --classes (memory and step time grow "
+              "linearly with it)")
         return 1
     rows = {}
-    for rate in [float(r) for r in args.rates.split(",")]:
-        rows[rate] = run_rate(args, rate)
     print(f"{'rate':>5}{'centers/rank':>13}{'sampled':>10}{'state MB/rank':>15}{'logits MB':>11}"
-          f"{'peak RSS MB/rank':>18}{'step s':>8}{'samples/s':>11}")
-    for rate, ranks in rows.items():
-        r0 = ranks[0]
+          f"{'peak RSS MB/rank':>18}{'step s':>8}{'samples/s':>11}", flush=True)
+    for rate in [float(r) for r in args.rates.split(",")]:
+        rows[rate] = ranks = run_rate(args, rate)
+        r0 = ranks[0]  # each row as soon as it is measured: a slow machine may not reach the next
         state = r0["centers_mb"] + r0["grad_mb"] + r0["momentum_mb"]
         step = max(r["step_s"] for r in ranks)
         print(f"{rate:>5.2f}{r0['num_local']:>13}{r0['sampled']:>10}{state:>15.0f}{r0['logits_mb']:>11.0f}"
-              f"{max(r['peak_rss_mb'] for r in ranks):>18.0f}{step:>8.2f}{args.batch / step:>11.1f}")
+              f"{max(r['peak_rss_mb'] for r in ranks):>18.0f}{step:>8.2f}{args.batch / step:>11.1f}", flush=True)
     if 0.1 in rows and 1.0 in rows:
         fast = max(r["step_s"] for r in rows[0.1])
         full = max(r["step_s"] for r in rows[1.0])
