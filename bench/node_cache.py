@@ -32,9 +32,13 @@ from facepipe import storage
 from facepipe.storage.cache import cache_dir, cached_folder
 from facepipe.storage.uri import parse_uri
 
-uri, ready = sys.argv[1], sys.argv[2]
+from facepipe.storage.transfer import backend_for
+
+uri, go = sys.argv[1], sys.argv[2]
 root = cache_dir()
-while not os.path.exists(ready):  # start together, as torchrun's ranks do
+backend_for(parse_uri(uri))  # the S3 client is made before the clock, in both arms
+Path(f"{go}.ready-{os.getpid()}").touch()
+while not os.path.exists(go):  # start together, as torchrun's ranks do
     time.sleep(0.01)
 if root is None:  # as before the cache: localize into a private temp folder
     with storage.localize(uri, quiet=True) as path:
@@ -61,12 +65,15 @@ def make_rec(folder: Path, mb: int) -> int:
 
 def ranks(n: int, uri: str, env: dict, work: Path) -> tuple[float, int]:
     """Start n rank processes together; (seconds until the last has its copy, bytes all fetched)."""
-    ready = work / f"go-{time.monotonic_ns()}"
-    procs = [subprocess.Popen([sys.executable, "-c", RANK_CODE, uri, str(ready)], env=env, stdout=subprocess.PIPE,
+    go = work / f"go-{time.monotonic_ns()}"
+    procs = [subprocess.Popen([sys.executable, "-c", RANK_CODE, uri, str(go)], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(n)]
-    time.sleep(3.0)  # let every rank import facepipe before the start signal
+    while len(list(work.glob(f"{go.name}.ready-*"))) < n:  # every rank imported and has its client
+        if any(p.poll() not in (None, 0) for p in procs):
+            raise SystemExit(procs[0].communicate()[1][-3000:])
+        time.sleep(0.05)
     t0 = time.time()
-    ready.touch()
+    go.touch()
     results = []
     for p in procs:
         out, err = p.communicate(timeout=300)
