@@ -27,11 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 WARMUP_STEPS = 3  # untimed in the bare loop; the full step's are spent in its two short runs
 # The bare loop used to repeat one batch of uniform random pixels with random labels, and ran slower
-# than the full step (idle: 194.7 vs 214.1 samples/s): through the same model, noise costs 12-14% more
+# than the full step (idle: 194.7 vs 214.1 samples/s): through the same model, noise costs 12-16% more
 # CPU per step than decoded faces (measured with one thread, interleaved, flush-denormal on or off),
 # and on one repeated batch the loss collapses towards 0. So it cycles through real batches instead.
 BARE_BATCHES = 8
@@ -79,7 +77,7 @@ def phase_full(args) -> dict:
             "peak_mb": _peak_mb()}
 
 
-def _preloaded_batches(args, cfg, count: int = BARE_BATCHES) -> list:
+def _preloaded_batches(args, cfg, count: int = BARE_BATCHES) -> tuple[list, int]:
     """`count` distinct batches of the step's own data (decoded, augmented, collated and turned into
     the model's input by `faces_to_tensor`, channels-last strides included) with their labels, made
     before the clock starts: the model sees what the full step feeds it, minus the data path."""
