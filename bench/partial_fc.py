@@ -116,11 +116,12 @@ def main(argv=None) -> int:
 
     # per rank: ~400 MB of torch, centers + gradient + momentum (3 shards), and temporaries measured
     # at 100k classes as ~6.4 shards at rate 1.0 (F.normalize of the centers and its backward, SGD's
-    # weight-decay copy of the gradient) and ~1.2 at rate 0.1
+    # weight-decay copy of the gradient) and ~1.2 at rate 0.1; a line through those two points
+    rates = [float(r) for r in args.rates.split(",")]
     shard_mb = args.classes / 2 * args.dim * 4 / 2**20
-    need_mb = 2 * (400 + (3 + 6.4) * shard_mb)
+    need_mb = 2 * (400 + (3 + 0.6 + 5.8 * max(rates)) * shard_mb)
     print(f"{args.classes} classes x {args.dim} (fp32), 2 gloo ranks x 1 thread, global batch {args.batch}; "
-          f"estimated need {need_mb / 1024:.1f} GB at rate 1.0, {_available_mb() / 1024:.1f} GB available")
+          f"estimated need {need_mb / 1024:.1f} GB at rate {max(rates)}, {_available_mb() / 1024:.1f} GB available")
     if need_mb > 0.8 * _available_mb():
         print("not enough memory for this class count here: lower --classes (memory and step time grow "
               "linearly with it)")
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
     rows = {}
     print(f"{'rate':>5}{'centers/rank':>13}{'sampled':>10}{'state MB/rank':>15}{'logits MB':>11}"
           f"{'peak RSS MB/rank':>18}{'step s':>8}{'samples/s':>11}", flush=True)
-    for rate in [float(r) for r in args.rates.split(",")]:
+    for rate in rates:
         rows[rate] = ranks = run_rate(args, rate)
         r0 = ranks[0]  # each row as soon as it is measured: a slow machine may not reach the next
         state = r0["centers_mb"] + r0["grad_mb"] + r0["momentum_mb"]
