@@ -24,6 +24,8 @@ Environment (read on each call, never logged):
   doubling), FACEPIPE_STORAGE_WORKERS (parallel files, default 16),
   FACEPIPE_STORAGE_PART_MB (multipart part size, default 16), FACEPIPE_STORAGE_TIMEOUT_S (how long
   a request waits for an answer, default 20).
+- FACEPIPE_CACHE_DIR: the node cache of input folders (``storage.cache``); unset, it is on only
+  for several torchrun ranks on one node (in the temp folder).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from pathlib import Path
 from facepipe.errors import StorageError
 from facepipe.manifest import MANIFEST, read_manifest
 from facepipe.storage.backend import NotFound, with_retries
+from facepipe.storage.cache import cache_dir, cached_folder
 from facepipe.storage.transfer import TransferReport, backend_for, download, upload
 from facepipe.storage.uri import SCHEMES, Location, parse_uri
 
@@ -135,13 +138,19 @@ list = ls  # noqa: A001 - the public name the architecture documents; `ls` avoid
 def localize(uri: str | os.PathLike, *, quiet: bool = False):
     """Yield a local path for uri: a local path as it is, a remote one downloaded to a temp dir.
 
-    The temporary copy is removed on exit.
+    The temporary copy is removed on exit. Where a node cache is on (`storage.cache.cache_dir`: several
+    torchrun ranks on this node, or FACEPIPE_CACHE_DIR), a remote folder comes from the cache instead:
+    downloaded once per node and kept for the next job on the same data.
     """
     loc = parse_uri(uri)
     if loc.is_local:
         if not loc.path.exists():
             raise StorageError(f"{loc.path}: no such file or folder")
         yield loc.path
+        return
+    root = cache_dir()
+    if root is not None and is_complete(str(loc)):  # a folder (files are small: models, not data sets)
+        yield cached_folder(loc, root, quiet)[0]
         return
     tmp = Path(tempfile.mkdtemp(prefix="facepipe-in-"))
     try:
