@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from kfp import dsl, kubernetes
 
+from facepipe.data.shards import UNPACK_DIR_ENV
 from facepipe.orchestration.params import RUN_PARAMETERS, pipeline_parameters, step_parameters
 from facepipe.steps import CPU_TORCH_ALLOWED_ENV, PIPELINE_STEPS, STEPS, Step
 
@@ -68,11 +69,13 @@ def _pod_settings(task: dsl.PipelineTask, step: Step, options: ClusterOptions) -
         kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
                                    size_limit=step.resources.shm)
     if step.resources.disk:
-        # kfp 2.17 cannot request ephemeral-storage (kubeflow/pipelines#11137); a generic ephemeral
-        # volume of the step's size under the launcher's artifact folder gives the same space, and
-        # the scheduler places the pod where the claim can be provisioned.
-        kubernetes.add_ephemeral_volume(task, volume_name="artifacts", mount_path=ARTIFACT_MOUNT,
-                                        access_modes=["ReadWriteOnce"], size=step.resources.disk)
+        # kfp 2.17 cannot request ephemeral-storage (kubeflow/pipelines#11137, #13965 open). An
+        # emptyDir of the step's size over the launcher's artifact folder bounds what the task may
+        # write there (evicted beyond it instead of filling the node). Not a generic ephemeral
+        # volume: a fresh claim's root belongs to root, and the launcher runs as the image's uid 1000.
+        kubernetes.empty_dir_mount(task, volume_name="artifact-disk", mount_path=ARTIFACT_MOUNT,
+                                   size_limit=step.resources.disk)
+        task.set_env_variable(UNPACK_DIR_ENV, ARTIFACT_MOUNT)  # extracted data shards land there too
     if step.resources.gpus and options.allow_cpu_torch_on_gpu:
         # The trainers' device check (facepipe.training.context) then lets device=auto use CPU.
         task.set_env_variable(CPU_TORCH_ALLOWED_ENV, "1")

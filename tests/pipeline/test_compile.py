@@ -184,7 +184,7 @@ def test_gpu_steps_on_a_cuda_image_compile_strictly(tmp_path):
 
 def test_pod_settings_in_the_spec():
     """Pull secret on every task; /dev/shm in memory for the trainers' DataLoader workers; each task's
-    disk (a generic ephemeral volume under the launcher's /s3 artifact folder) from its Step record."""
+    disk (an emptyDir over the launcher's /s3 artifact folder) sized from its Step record."""
     from facepipe.steps import STEPS
 
     text = COMMITTED.read_text()
@@ -200,8 +200,8 @@ def test_pod_settings_in_the_spec():
                             "volumeName": "dshm"}], task_name
         else:
             assert not shm, task_name
-        disk = executor.get("genericEphemeralVolume", [])
-        assert [(v["mountPath"], v["size"]) for v in disk] == [("/s3", step.resources.disk)], task_name
+        disk = [m for m in executor.get("emptyDirMounts", []) if m["mountPath"] == "/s3"]
+        assert disk == [{"mountPath": "/s3", "sizeLimit": step.resources.disk, "volumeName": "artifact-disk"}], task_name
         env = {e["name"]: e["value"] for e in spec["deploymentSpec"]["executors"][
             spec["components"][task["componentRef"]["name"]]["executorLabel"]]["container"].get("env", [])}
         assert env.get("FACEPIPE_ALLOW_CPU_TORCH") == ("1" if step.resources.gpus else None), task_name
