@@ -70,8 +70,11 @@ def rerun_vs_alone(job: str, state: dict) -> dict:
     script = (
         "import sys; from facepipe.config import load_config; "
         "from facepipe.evaluation.pipeline_eval import EvaluateConfig, evaluate_pipeline; "
+        "from facepipe.data.shards import unsharded; "
         f"cfg = load_config(EvaluateConfig, {job!r}, ['batch_size=32'], section='evaluate'); "
-        f"evaluate_pipeline(cfg, data_dir={o['images']!r}, detector_path={o['detector'] + '/model.pt'!r}, "
+        # the images artifact is sharded (one tar per folder): extracted as the component does
+        f"tree = unsharded({o['images']!r}); data = tree.__enter__(); "
+        f"evaluate_pipeline(cfg, data_dir=data, detector_path={o['detector'] + '/model.pt'!r}, "
         f"recognizer_path={o['recognizer'] + '/model.pt'!r}, gallery_dir={o['gallery']!r}, out_dir={str(out)!r})")
     start = time.perf_counter()
     subprocess.run([PY, "-c", script], cwd=ROOT, env=env, check=True, capture_output=True)

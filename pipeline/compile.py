@@ -1,7 +1,8 @@
 """`python -m pipeline.compile --out pipeline.yaml [--lock images/images.lock.json]`: write the pipeline spec.
 
 Options for the cluster: `--image-pull-secret NAME` (env FACEPIPE_IMAGE_PULL_SECRET, default
-swr-pull, "" for none) and `--allow-cpu-torch-on-gpu`: without it, a step that asks for a GPU
+swr-pull, "" for none), `--gpu-node-selector KEY=VALUE` and `--gpu-toleration KEY[:EFFECT]` (GPU
+tasks only), and `--allow-cpu-torch-on-gpu`: without it, a step that asks for a GPU
 while its pinned image holds CPU torch (the images lock's `torch_variant`) is refused, since it
 would hold a GPU and train on CPU.
 
@@ -21,7 +22,8 @@ from pathlib import Path
 
 
 def compile_pipeline(out: str | Path, lock: str | Path | None = None, *, pull_secret: str | None = None,
-                     allow_cpu_torch_on_gpu: bool = False) -> Path:
+                     allow_cpu_torch_on_gpu: bool = False, gpu_node_selector: tuple = (),
+                     gpu_tolerations: tuple = ()) -> Path:
     from facepipe.errors import FacepipeError
     from facepipe.orchestration import images
 
@@ -36,7 +38,9 @@ def compile_pipeline(out: str | Path, lock: str | Path | None = None, *, pull_se
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    options = ClusterOptions.from_env(pull_secret=pull_secret, allow_cpu_torch_on_gpu=allow_cpu_torch_on_gpu)
+    options = ClusterOptions.from_env(pull_secret=pull_secret, allow_cpu_torch_on_gpu=allow_cpu_torch_on_gpu,
+                                      gpu_node_selector=tuple(gpu_node_selector),
+                                      gpu_tolerations=tuple(gpu_tolerations))
     compiler.Compiler().compile(build_pipeline(options), str(out))
     bad = placeholders_in_constants(out.read_text())
     if bad:
@@ -89,6 +93,21 @@ def placeholders_in_constants(spec_text: str) -> list[str]:
     return found
 
 
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def _pair(text: str, sep: str, flag: str, default: str = "", allowed: tuple[str, ...] = ()) -> tuple[str, str]:
+    """`KEY<sep>VALUE` from a repeatable flag; a clear error naming the flag otherwise."""
+    from facepipe.errors import ConfigError
+
+    key, found, value = text.partition(sep)
+    value = value if found else default
+    if not key or not value or (allowed and value not in allowed):
+        raise ConfigError(f"{flag} {text!r}: expected KEY{sep}VALUE" +
+                          (f" with VALUE one of {', '.join(allowed)}" if allowed else ""))
+    return key, value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.compile", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="pipeline.yaml", help="where to write the spec (default: pipeline.yaml)")
@@ -98,12 +117,21 @@ def main(argv=None) -> int:
                              "default swr-pull; '' for none)")
     parser.add_argument("--allow-cpu-torch-on-gpu", action="store_true",
                         help="compile even where a GPU step's image has CPU torch (it then runs on CPU)")
+    parser.add_argument("--gpu-node-selector", action="append", default=[], metavar="KEY=VALUE",
+                        help="GPU tasks run only on nodes with this label (repeatable), "
+                             "e.g. node.kubernetes.io/instance-type=p2s.2xlarge.8")
+    parser.add_argument("--gpu-toleration", action="append", default=[], metavar="KEY[:EFFECT]",
+                        help="GPU tasks tolerate this taint (repeatable; effect NoSchedule unless given), "
+                             "e.g. nvidia.com/gpu")
     args = parser.parse_args(argv)
     from facepipe.errors import FacepipeError
 
     try:
         print(compile_pipeline(args.out, args.lock, pull_secret=args.image_pull_secret,
-                               allow_cpu_torch_on_gpu=args.allow_cpu_torch_on_gpu))
+                               allow_cpu_torch_on_gpu=args.allow_cpu_torch_on_gpu,
+                               gpu_node_selector=[_pair(s, "=", "--gpu-node-selector") for s in args.gpu_node_selector],
+                               gpu_tolerations=[_pair(s, ":", "--gpu-toleration", "NoSchedule", TAINT_EFFECTS)
+                                                for s in args.gpu_toleration]))
     except FacepipeError as exc:
         print(f"pipeline.compile: error: {exc}", file=sys.stderr)
         return 2

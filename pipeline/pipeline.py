@@ -52,6 +52,10 @@ class ClusterOptions:
 
     pull_secret: str = DEFAULT_PULL_SECRET  # "" = none (public images)
     allow_cpu_torch_on_gpu: bool = False
+    # For the GPU tasks only: node labels to match ((key, value), ...) and taints to tolerate
+    # ((key, effect), ...; operator Exists), e.g. a GPU node pool's label and its nvidia.com/gpu taint.
+    gpu_node_selector: tuple[tuple[str, str], ...] = ()
+    gpu_tolerations: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(cls, **given) -> "ClusterOptions":
@@ -62,7 +66,8 @@ class ClusterOptions:
 
 
 def _pod_settings(task: dsl.PipelineTask, step: Step, options: ClusterOptions) -> None:
-    """Pull secret, /dev/shm and the artifact disk: what a pod needs beyond requests and secrets."""
+    """Pull secret, /dev/shm, the artifact disk and GPU node placement: what a pod needs beyond
+    requests and secrets."""
     if options.pull_secret:
         kubernetes.set_image_pull_secrets(task, [options.pull_secret])
     if step.resources.shm:
@@ -76,6 +81,11 @@ def _pod_settings(task: dsl.PipelineTask, step: Step, options: ClusterOptions) -
         kubernetes.empty_dir_mount(task, volume_name="artifact-disk", mount_path=ARTIFACT_MOUNT,
                                    size_limit=step.resources.disk)
         task.set_env_variable(UNPACK_DIR_ENV, ARTIFACT_MOUNT)  # extracted data shards land there too
+    if step.resources.gpus:
+        for key, value in options.gpu_node_selector:
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for key, effect in options.gpu_tolerations:
+            kubernetes.add_toleration(task, key=key, operator="Exists", effect=effect)
     if step.resources.gpus and options.allow_cpu_torch_on_gpu:
         # The trainers' device check (facepipe.training.context) then lets device=auto use CPU.
         task.set_env_variable(CPU_TORCH_ALLOWED_ENV, "1")

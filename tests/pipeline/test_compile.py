@@ -222,3 +222,22 @@ def test_pull_secret_name_from_the_flag_or_the_environment(tmp_path):
     done = compile_to(tmp_path / "c.yaml", images.DEFAULT_LOCK, args=ALLOW_CPU_TORCH + ["--image-pull-secret", ""])
     assert done.returncode == 0, done.stderr
     assert "imagePullSecret" not in (tmp_path / "c.yaml").read_text()
+
+
+def test_gpu_tasks_get_the_node_selector_and_tolerations_asked_for(tmp_path):
+    from facepipe.steps import STEPS
+
+    done = compile_to(tmp_path / "p.yaml", images.DEFAULT_LOCK, args=ALLOW_CPU_TORCH + [
+        "--gpu-node-selector", "accelerator=nvidia-t4", "--gpu-toleration", "nvidia.com/gpu",
+        "--gpu-toleration", "dedicated:NoExecute"])
+    assert done.returncode == 0, done.stderr
+    for executor, body in platform_executors((tmp_path / "p.yaml").read_text()).items():
+        step = STEPS[executor.removeprefix("exec-").replace("-", "_")]
+        if step.resources.gpus:
+            assert body["nodeSelector"] == {"labels": {"accelerator": "nvidia-t4"}}, executor
+            assert body["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"},
+                                           {"effect": "NoExecute", "key": "dedicated", "operator": "Exists"}]
+        else:
+            assert "nodeSelector" not in body and "tolerations" not in body, executor
+    bad = compile_to(tmp_path / "q.yaml", images.DEFAULT_LOCK, args=ALLOW_CPU_TORCH + ["--gpu-toleration", "x:Never"])
+    assert bad.returncode == 2 and "--gpu-toleration 'x:Never'" in bad.stderr and "NoExecute" in bad.stderr
