@@ -72,9 +72,11 @@ def test_a_step_gets_just_the_folder_its_port_names(synth_small, sharded, tmp_pa
         assert tree_files(detection) == tree_files(synth_small / "detection")
         assert not (detection.parent / "faces").exists()  # only detection.tar was extracted
     assert not detection.exists()
-    # A tree that is not sharded passes through untouched.
+    # A tree that is not sharded passes through untouched, and so does a URI.
     with edge.local_inputs(step, step.local_inputs({"images": str(synth_small)})) as local:
         assert local["data_dir"] == str(synth_small / "detection")
+    with unsharded("s3://bucket/images/detection") as given:
+        assert given == "s3://bucket/images/detection"
 
 
 def test_an_interrupted_sharding_reads_as_incomplete(synth_small, tmp_path, monkeypatch):

@@ -110,13 +110,14 @@ def _extract(root: Path, name: str, dest: Path, manifest: dict) -> None:
 
 
 @contextlib.contextmanager
-def unsharded(path: str | Path) -> Iterator[str]:
-    """The local folder a step reads for `path` (see the module doc); extractions are removed on exit."""
-    path = Path(path)
+def unsharded(path: str | Path) -> Iterator[str | Path]:
+    """The local folder a step reads for `path` (see the module doc); extractions are removed on exit.
+    Anything else (a plain folder, a file, a URI) is given back as it came."""
+    given, path = path, Path(path)
     whole = path.is_dir() and is_sharded(path)
     part = not path.exists() and is_sharded(path.parent) and (path.parent / f"{path.name}{SUFFIX}").is_file()
     if not (whole or part):
-        yield str(path)
+        yield given
         return
     unpack_dir = os.environ.get(UNPACK_DIR_ENV)
     root = path if whole else path.parent
