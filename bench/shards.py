@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,13 +39,10 @@ def main() -> int:
     ap.add_argument("--kb", type=int, default=20, help="size of each image file")
     args = ap.parse_args()
 
-    from bench.storage import plain_download, plain_upload
+    from bench.storage import bench_server, plain_download, plain_upload
     from facepipe.data.shards import shard_tree, unsharded
-    from tests.fixtures.services import S3Server
 
-    work = Path(tempfile.mkdtemp(prefix="facepipe-bench-shards-"))
-    server = S3Server.start_nanio(work / "s3")
-    try:
+    with bench_server("facepipe-bench-shards-") as (server, work):
         client = server.client()
         server.create_bucket("bench")
         tree = work / "tree"
@@ -73,9 +68,6 @@ def main() -> int:
         print(f"file by file (boto3 loop, {nfiles} objects up and down): {reference:6.2f} s")
         print(f"sharded ({objects} objects; shard {sharded_at:.2f} s, then up, down, extract detection/ "
               f"= {extracted} files): {ours:6.2f} s   ratio {reference / ours:.1f}x (goal >= 5x)")
-    finally:
-        server.shutdown()
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

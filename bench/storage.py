@@ -11,6 +11,7 @@ file (sha256), writes and verifies the manifest. Goal: ratio >= 1.0x both ways.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -58,6 +59,20 @@ def plain_download(client, bucket: str, prefix: str, dest: Path) -> None:
             client.download_file(bucket, obj["Key"], str(target))
 
 
+@contextlib.contextmanager
+def bench_server(prefix: str, kind: str = "nanio"):
+    """A local S3 server and a scratch folder for one bench run, both gone afterwards."""
+    from tests.fixtures.services import S3Server
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    server = S3Server.start_nanio(work / "s3") if kind == "nanio" else S3Server.start_moto(work / "s3")
+    try:
+        yield server, work
+    finally:
+        server.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -73,11 +88,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from facepipe import storage
-    from tests.fixtures.services import S3Server
 
-    work = Path(tempfile.mkdtemp(prefix="facepipe-bench-storage-"))
-    server = S3Server.start_nanio(work / "s3") if args.server == "nanio" else S3Server.start_moto(work / "s3")
-    try:
+    with bench_server("facepipe-bench-storage-", args.server) as (server, work):
         os.environ.update(server.aws_env())
         client = server.client()
         server.create_bucket("bench")
@@ -106,9 +118,6 @@ def main() -> int:
               f"ratio {down_plain / down_ours:.2f}x (goal >= 1.0x)")
         print("(facepipe.storage also computes sha256 of every file, writes the manifest last on upload "
               "and verifies every file against it on download)")
-    finally:
-        server.shutdown()
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
