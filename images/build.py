@@ -115,14 +115,16 @@ def variant_pins(variant: str, pins: dict[str, str], cuda_lock: Path = CUDA_LOCK
 
 def torch_spec(variant: str, lock: dict[str, str], override: str | None) -> str:
     """The torch requirement for a variant: CPU is the '+cpu' build of the locked version, CUDA the
-    default Linux build on PyPI (CUDA-enabled) of the same version."""
+    default Linux build on PyPI (CUDA-enabled) of the same version, asked for with `===`: under
+    PEP 440 `torch==2.13.0` also matches `2.13.0+cpu` (and pip prefers it where a find-links folder
+    holds it, as on the development machines), which would put CPU torch into the CUDA image."""
     if override:
         return override
     version = lock.get("torch")
     if not version:
         raise ImageBuildError("requirements.lock pins no torch version (needed for facepipe-train)")
     base = version.split("+", 1)[0]
-    return f"torch=={base}+cpu" if variant == "cpu" else f"torch=={base}"
+    return f"torch=={base}+cpu" if variant == "cpu" else f"torch==={base}"
 
 
 def pip(args: list[str], what: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -175,6 +177,12 @@ def resolve(spec: ImageSpec, lock_path: Path, lock: dict[str, str], torch_req: s
     return closure
 
 
+def pin_line(name: str, version: str) -> str:
+    """The requirement that fetches exactly this wheel: torch without a local label by `===`, so a
+    `+cpu` build on the find-links path does not stand in for the CUDA one (torch_spec)."""
+    return f"{name}==={version}" if name == "torch" and "+" not in version else f"{name}=={version}"
+
+
 def wheel_name_version(path: Path) -> tuple[str, str]:
     name, version = path.name.split("-")[:2]
     return normalize(name), version
@@ -187,7 +195,7 @@ def fetch_wheels(closure: dict[str, str], cache: Path, work: Path) -> dict[str, 
     missing = {n: v for n, v in closure.items() if (n, v) not in have}
     if missing:
         reqs = work / "missing.txt"
-        reqs.write_text("".join(f"{n}=={v}\n" for n, v in sorted(missing.items())))
+        reqs.write_text("".join(pin_line(n, v) + "\n" for n, v in sorted(missing.items())))
         fetched = work / "fetched"
         pip(["wheel", "--no-deps", "--quiet", "--wheel-dir", str(fetched), "-r", str(reqs)],
             f"fetching wheels for {', '.join(sorted(missing))}")
@@ -457,6 +465,9 @@ class BuildRun:
         cache = CACHE / "work"
         treq = torch_spec(self.torch_variant, self.pins, self.torch_override) if spec.torch else None
         closure = resolve(spec, self.requirements_lock, self.pins, treq, cache)
+        if spec.torch and self.torch_variant == "cuda" and "+cpu" in closure.get("torch", ""):
+            raise ImageBuildError(f"TORCH_VARIANT=cuda resolved torch {closure['torch']}, a CPU build; "
+                                  f"give the CUDA one with --torch-spec 'torch===VERSION'")
         shared = closure if name == SHARED else resolve(IMAGES[SHARED], self.requirements_lock, self.pins, None, cache)
         missing = sorted(set(shared) - set(closure))
         if missing:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from images.build import (ImageBuildError, Outcome, arg_parser, content_tag, credentials, lock_entry,
-                          main, read_images_lock, read_lock, split_registry, torch_spec, variant_pins)
+                          main, pin_line, read_images_lock, read_lock, split_registry, torch_spec, variant_pins)
 
 
 def make_context(root: Path, dockerfile: str = "FROM x\n", wheel_time=(2020, 1, 1, 0, 0, 0)) -> Path:
@@ -91,7 +91,10 @@ def test_requirements_lock_errors_name_the_line(tmp_path):
     pins = read_lock(lock)
     assert pins == {"numpy": "2.3.5", "opencv-python-headless": "4.14.0.94", "torch": "2.13.0"}
     assert torch_spec("cpu", pins, None) == "torch==2.13.0+cpu"
-    assert torch_spec("cuda", pins, None) == "torch==2.13.0"
+    # `==2.13.0` would also match the local `2.13.0+cpu` wheel (PEP 440), and pip prefers that one.
+    assert torch_spec("cuda", pins, None) == "torch===2.13.0"
+    assert pin_line("torch", "2.13.0") == "torch===2.13.0"
+    assert pin_line("torch", "2.13.0+cpu") == "torch==2.13.0+cpu" and pin_line("numpy", "2.3.5") == "numpy==2.3.5"
     assert torch_spec("cuda", pins, "torch==2.14.1") == "torch==2.14.1"
 
 
@@ -138,3 +141,12 @@ def test_cuda_runtime_pins_join_the_lock_only_for_the_cuda_variant(tmp_path):
     cuda_lock.write_text("triton>=3\n")
     with pytest.raises(ImageBuildError, match="line 1: expected 'name==version'"):
         variant_pins("cuda", pins, cuda_lock)
+
+
+def test_the_committed_cuda_pins_agree_with_requirements_lock():
+    from images.build import CUDA_LOCK, PROJECT
+
+    pins = read_lock(PROJECT / "requirements.lock")
+    cuda = read_lock(CUDA_LOCK)
+    assert "torch" not in cuda and {"triton", "cuda-toolkit"} <= set(cuda)
+    assert variant_pins("cuda", pins) == {**pins, **cuda}
