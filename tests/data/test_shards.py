@@ -90,13 +90,13 @@ def test_an_interrupted_sharding_reads_as_incomplete(synth_small, tmp_path, monk
         read_manifest(root)
 
 
-def rewrite_shard(root: Path, name: str, members: list[tuple[str, bytes]]) -> None:
+def rewrite_shard(root: Path, name: str, entries: list[tuple[tarfile.TarInfo, bytes | None]]) -> None:
+    """Replace a shard by one holding `entries`, its manifest entry updated to match (as a forger would)."""
     shard = root / f"{name}{SUFFIX}"
     with tarfile.open(shard, "w") as tar:
-        for member, data in members:
-            info = tarfile.TarInfo(member)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+        for info, data in entries:
+            info.size = len(data or b"")
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
     body = json.loads((root / MANIFEST).read_text())
     body["files"][shard.name] = {"sha256": sha256_file(shard), "size": shard.stat().st_size}
     (root / MANIFEST).write_text(json.dumps(body))
@@ -104,14 +104,25 @@ def rewrite_shard(root: Path, name: str, members: list[tuple[str, bytes]]) -> No
 
 @pytest.mark.parametrize("member, match", [("../escape.txt", "outside detection/"),
                                            ("faces/x.jpg", "outside detection/"),
-                                           ("detection/../../up.txt", "not a readable shard")])
+                                           ("/etc/detection.txt", "outside detection/"),
+                                           ("detection/../../up.txt", "outside detection/")])
 def test_a_shard_with_members_outside_its_folder_is_refused(sharded, member, match):
     root, _ = sharded
-    rewrite_shard(root, "detection", [(member, b"x")])
+    rewrite_shard(root, "detection", [(tarfile.TarInfo(member), b"x")])
     with pytest.raises(DataError, match=match) as err:
         with unsharded(root / "detection"):
             pass
     assert "detection.tar" in str(err.value)
+
+
+def test_a_link_in_a_shard_is_refused(sharded):
+    root, _ = sharded
+    link = tarfile.TarInfo("detection/passwd")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    rewrite_shard(root, "detection", [(link, None)])
+    with pytest.raises(DataError, match="not a plain file or folder"):
+        with unsharded(root / "detection"):
+            pass
 
 
 def test_a_cut_shard_is_refused_naming_it(sharded):
