@@ -42,8 +42,9 @@ test-fast: setup
 test-containers: setup
 	bash scripts/test.sh -m containers $(PYTEST_ARGS)
 
+# With the CPU torch image (this machine's default) the GPU steps run on CPU: asked for explicitly.
 compile: setup
-	$(BIN)/python -m pipeline.compile --out pipeline.yaml
+	$(BIN)/python -m pipeline.compile --out pipeline.yaml $(if $(filter cpu,$(TORCH_VARIANT)),--allow-cpu-torch-on-gpu)
 
 # Offline builds: wheels are fetched on the host into the build context; images/README.md.
 images: setup

@@ -79,12 +79,15 @@ def rerun_vs_alone(job: str, state: dict) -> dict:
     assert [t for t, s in rerun["steps"].items() if s == "executed"] == ["evaluate"], rerun["steps"]
     out = Path(tempfile.mkdtemp(prefix="bench-evaluate-"))
     o = record["outputs"]
+    # The images artifact is sharded (one tar per folder): extracted first, as the component does.
     script = (
-        "import sys; from facepipe.config import load_config; "
-        "from facepipe.evaluation.pipeline_eval import EvaluateConfig, evaluate_pipeline; "
-        f"cfg = load_config(EvaluateConfig, {job!r}, ['batch_size=32'], section='evaluate'); "
-        f"evaluate_pipeline(cfg, data_dir={o['images']!r}, detector_path={o['detector'] + '/model.pt'!r}, "
-        f"recognizer_path={o['recognizer'] + '/model.pt'!r}, gallery_dir={o['gallery']!r}, out_dir={str(out)!r})")
+        "from facepipe.config import load_config\n"
+        "from facepipe.data.shards import unsharded\n"
+        "from facepipe.evaluation.pipeline_eval import EvaluateConfig, evaluate_pipeline\n"
+        f"cfg = load_config(EvaluateConfig, {job!r}, ['batch_size=32'], section='evaluate')\n"
+        f"with unsharded({o['images']!r}) as data:\n"
+        f"    evaluate_pipeline(cfg, data_dir=data, detector_path={o['detector'] + '/model.pt'!r}, "
+        f"recognizer_path={o['recognizer'] + '/model.pt'!r}, gallery_dir={o['gallery']!r}, out_dir={str(out)!r})\n")
     start = time.perf_counter()
     subprocess.run([PY, "-c", script], cwd=ROOT, env=env, check=True, capture_output=True)
     alone = time.perf_counter() - start

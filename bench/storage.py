@@ -16,6 +16,7 @@ the background, manifest last) until `close()`, against `upload_file` of the sam
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -95,6 +96,20 @@ def checkpoint_upload(work: Path, client, mb: int) -> None:
           f"{stall_local:.2f} s without one (the upload runs in the background)")
 
 
+@contextlib.contextmanager
+def bench_server(prefix: str, kind: str = "nanio"):
+    """A local S3 server and a scratch folder for one bench run, both gone afterwards."""
+    from tests.fixtures.services import S3Server
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    server = S3Server.start_nanio(work / "s3") if kind == "nanio" else S3Server.start_moto(work / "s3")
+    try:
+        yield server, work
+    finally:
+        server.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -111,11 +126,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from facepipe import storage
-    from tests.fixtures.services import S3Server
 
-    work = Path(tempfile.mkdtemp(prefix="facepipe-bench-storage-"))
-    server = S3Server.start_nanio(work / "s3") if args.server == "nanio" else S3Server.start_moto(work / "s3")
-    try:
+    with bench_server("facepipe-bench-storage-", args.server) as (server, work):
         os.environ.update(server.aws_env())
         client = server.client()
         server.create_bucket("bench")
@@ -146,9 +158,6 @@ def main() -> int:
               "and verifies every file against it on download)")
         if args.checkpoint_mb:
             checkpoint_upload(work, client, args.checkpoint_mb)
-    finally:
-        server.shutdown()
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from kfp import dsl, kubernetes
 
+from facepipe.data.shards import UNPACK_DIR_ENV
 from facepipe.orchestration.params import RUN_PARAMETERS, pipeline_parameters, step_parameters
-from facepipe.steps import PIPELINE_STEPS, STEPS, Step
+from facepipe.steps import CPU_TORCH_ALLOWED_ENV, PIPELINE_STEPS, STEPS, Step
 
 PIPELINE_NAME = "facepipe"
 # synth has no task of its own: the pack task runs it (or localizes the given `data_uri` instead)
@@ -33,10 +36,62 @@ SECRETS = {
                         "MLFLOW_S3_ENDPOINT_URL"],
 }
 ACCELERATOR = "nvidia.com/gpu"
+# The image pull secret every task names (`kubectl create secret docker-registry`, docs/pipeline.md);
+# a compile option, since the spec has no pipeline parameter for it.
+PULL_SECRET_ENV = "FACEPIPE_IMAGE_PULL_SECRET"
+DEFAULT_PULL_SECRET = "swr-pull"
+# Where the KFP launcher puts an s3:// pipeline root's artifacts inside the container (kfp.dsl's
+# _S3_LOCAL_MOUNT_PREFIX): the task's disk volume is mounted there.
+ARTIFACT_MOUNT = "/s3"
 ARTIFACT_TYPES = {"dataset": dsl.Dataset, "model": dsl.Model, "artifact": dsl.Artifact}
 
 
-def _cluster_settings(task: dsl.PipelineTask, step: Step) -> dsl.PipelineTask:
+@dataclass(frozen=True)
+class ClusterOptions:
+    """What `python -m pipeline.compile` decides about the cluster the spec is for."""
+
+    pull_secret: str = DEFAULT_PULL_SECRET  # "" = none (public images)
+    allow_cpu_torch_on_gpu: bool = False
+    # For the GPU tasks only: node labels to match ((key, value), ...) and taints to tolerate
+    # ((key, effect), ...; operator Exists), e.g. a GPU node pool's label and its nvidia.com/gpu taint.
+    gpu_node_selector: tuple[tuple[str, str], ...] = ()
+    gpu_tolerations: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_env(cls, **given) -> "ClusterOptions":
+        secret = given.pop("pull_secret", None)
+        if secret is None:
+            secret = os.environ.get(PULL_SECRET_ENV, DEFAULT_PULL_SECRET)
+        return cls(pull_secret=secret, **given)
+
+
+def _pod_settings(task: dsl.PipelineTask, step: Step, options: ClusterOptions) -> None:
+    """Pull secret, /dev/shm, the artifact disk and GPU node placement: what a pod needs beyond
+    requests and secrets."""
+    if options.pull_secret:
+        kubernetes.set_image_pull_secrets(task, [options.pull_secret])
+    if step.resources.shm:
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                   size_limit=step.resources.shm)
+    if step.resources.disk:
+        # kfp 2.17 cannot request ephemeral-storage (kubeflow/pipelines#11137, #13965 open). An
+        # emptyDir of the step's size over the launcher's artifact folder bounds what the task may
+        # write there (evicted beyond it instead of filling the node). Not a generic ephemeral
+        # volume: a fresh claim's root belongs to root, and the launcher runs as the image's uid 1000.
+        kubernetes.empty_dir_mount(task, volume_name="artifact-disk", mount_path=ARTIFACT_MOUNT,
+                                   size_limit=step.resources.disk)
+        task.set_env_variable(UNPACK_DIR_ENV, ARTIFACT_MOUNT)  # extracted data shards land there too
+    if step.resources.gpus:
+        for key, value in options.gpu_node_selector:
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for key, effect in options.gpu_tolerations:
+            kubernetes.add_toleration(task, key=key, operator="Exists", effect=effect)
+    if step.resources.gpus and options.allow_cpu_torch_on_gpu:
+        # The trainers' device check (facepipe.training.context) then lets device=auto use CPU.
+        task.set_env_variable(CPU_TORCH_ALLOWED_ENV, "1")
+
+
+def _cluster_settings(task: dsl.PipelineTask, step: Step, options: ClusterOptions) -> dsl.PipelineTask:
     task.set_cpu_request(step.resources.cpu).set_memory_request(step.resources.memory)
     if step.resources.gpus:
         task.set_accelerator_type(ACCELERATOR).set_accelerator_limit(step.resources.gpus)
@@ -53,6 +108,7 @@ def _cluster_settings(task: dsl.PipelineTask, step: Step) -> dsl.PipelineTask:
     kubernetes.use_field_path_as_env(task, env_name="FACEPIPE_KFP_RUN_ID",
                                      field_path="metadata.labels['pipeline/runid']")
     task.set_display_name(step.name.replace("_", "-"))
+    _pod_settings(task, step, options)
     return task
 
 
@@ -67,7 +123,7 @@ def _outputs_type():
     return NamedTuple("Outputs", fields + [("metrics", dsl.Metrics), ("report", dsl.HTML)])
 
 
-def _body(values: dict):
+def _body(values: dict, options: ClusterOptions):
     run = {k: values[k] for k in ("output_uri", "mlflow_parent_run_id")}
     artifacts: dict = {}  # artifact name -> the task output that carries it
     for name in TASKS:
@@ -79,18 +135,19 @@ def _body(values: dict):
             inputs["data_uri"] = values["data_uri"]
         else:
             inputs = _step_values(values, name) | {p.artifact: artifacts[p.artifact] for p in step.inputs}
-        task = _cluster_settings(component(**inputs, **run), step)
+        task = _cluster_settings(component(**inputs, **run), step, options)
         artifacts.update({STEPS[s].output: task.outputs[STEPS[s].output] for s in hosted + [name]})
     return _outputs_type()(**artifacts, metrics=task.outputs["metrics"], report=task.outputs["report"])
 
 
-def build_pipeline():
+def build_pipeline(options: ClusterOptions | None = None):
     """The pipeline function, its signature generated from the step configs."""
+    options = options or ClusterOptions.from_env()
     params = pipeline_parameters(PIPELINE_STEPS)
     names = [p.name for p in params]
 
     def facepipe(*args):
-        return _body(dict(zip(names, args)))
+        return _body(dict(zip(names, args)), options)
 
     facepipe.__signature__ = inspect.Signature(
         [inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default,

@@ -5,7 +5,8 @@ run_step`) both go through `local_inputs` and `call_step`, so a step gets the sa
 run the same params (the config's own keys, values as given: `device` stays "auto") whichever way it ran.
 Inputs are keyed by the step's port args (`facepipe.steps.Port.arg`); each is a local path or a
 file://, s3://, obs:// URI, and `None` / "none" / "" where the port is optional. Where a port's layout is
-a file (`model.pt`), a model folder and its model.pt both work.
+a file (`model.pt`), a model folder and its model.pt both work; where the artifact is a sharded data
+tree (`facepipe.data.shards`), the step gets the folder extracted.
 """
 
 from __future__ import annotations
@@ -49,8 +50,17 @@ def local_inputs(step: Step, inputs: Mapping[str, Any], quiet: bool = False):
             if uri is None and not port.optional:
                 raise ConfigError(f"step {step.name}: input {port.metavar or port.arg} ({port.arg}) is required")
             model_file = port.layout if PurePosixPath(port.layout).suffix else ""  # a file, not a folder
-            local[port.arg] = uri and fetch(stack, uri, model_file, quiet)
+            local[port.arg] = uri and open_tree(stack, uri, model_file, quiet)
         yield local
+
+
+def open_tree(stack: contextlib.ExitStack, uri: str, model_file: str = "", quiet: bool = False) -> str:
+    """`fetch`, where a sharded data tree (facepipe.data.shards: the pipeline's `images`) or one of
+    its folders (`IMAGES/detection`, stored as `IMAGES/detection.tar`) is extracted for the step."""
+    from facepipe.data.shards import unsharded
+
+    local = fetch(stack, stack.enter_context(unsharded(uri)), model_file, quiet)
+    return stack.enter_context(unsharded(local))  # a sharded tree that was downloaded whole
 
 
 def flat_metrics(result: Mapping[str, Any], prefix: str = "") -> dict[str, float]:

@@ -80,6 +80,10 @@ def test_every_step_executes_and_outputs_are_published_to_obs(first_run, obs_ser
     for name in ("detector", "recognizer", "gallery"):
         assert Path(record["outputs"][name], "manifest.json").exists(), name
     assert Path(record["outputs"]["recognizer"], "model.pt").exists()
+    # The given tree moved on as one shard per folder, read back by detection, gallery and evaluate.
+    images = Path(record["outputs"]["images"])
+    assert {"faces.tar", "detection.tar"} <= {p.name for p in images.iterdir()}
+    assert not [p for p in images.iterdir() if p.is_dir()]
     with obs_server.env():
         for step in TASKS:
             assert storage.is_complete(f"obs://facepipe-out/first/{step}"), step

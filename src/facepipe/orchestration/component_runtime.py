@@ -19,6 +19,8 @@ paths, also on a cluster where the launcher copies them from the s3:// pipeline 
   (logged once, by `edge.call_step`), metrics by step
   (through the `logger` the step function gets), plots, report, and a registered model version
   for trained models.
+- Data: the pack task's `images` (synth's tree or the given data) is stored as one tar per folder
+  (`facepipe.data.shards`); the later steps get the folders they read extracted (`edge.open_tree`).
 - Outputs: metrics go to the KFP Metrics artifact and, as JSON, to its file (kfp.local only
   caches a task whose Metrics artifact has a file); an HTML report embeds the plots; with an
   `output_uri` the output folder is also published there (manifest last).
@@ -397,6 +399,17 @@ def run_component(step: str, args: Mapping[str, Any], hosts: tuple[str, ...] = (
             inputs = {p.arg: args[f"{p.artifact}_uri"] for p in record.inputs}
         run_step(step, config(step), inputs, args[record.output].path, metrics=args["metrics"],
                  report=args["report"], artifact_uri=args[record.output].uri, **run)
+        _shard_hosted_outputs(hosts, paths)
     except ConfigError as exc:  # deterministic: a status of its own, and no traceback to scroll past
         print(f"[facepipe] {step}: configuration error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(attempts.EXIT_CONFIG_ERROR) from exc
+
+
+def _shard_hosted_outputs(hosts: tuple[str, ...], paths: Mapping[str, str]) -> None:
+    """The raw tree a hosted step wrote (synth's `images`, or the given data) leaves the task as a few
+    shards, once the host (pack) has read it: the launcher then uploads, and every later task
+    downloads, a handful of objects instead of one per image (facepipe.data.shards)."""
+    from facepipe.data.shards import shard_tree
+
+    for hosted in hosts:
+        shard_tree(paths[STEPS[hosted].output])
