@@ -118,7 +118,7 @@ def process_image(path: str, size: int, quality: int, geometry: tuple | None = N
     `geometry` is where a .lst puts the face: ("landmarks", 5 (x, y) points) to align on, or
     ("bbox", (x1, y1, x2, y2)) to crop; otherwise the detector aligns (if any) or we center-crop.
 
-    Returns ("ok", jpeg_bytes, sha256 digest, passthrough, (used_landmarks, aligner status) | None)
+    Returns ("ok", jpeg_bytes, sha256 digest, passthrough, (used_landmarks, status, fallback reason) | None)
     or ("skip", reason, sha256 digest | None).
     """
     import cv2
@@ -160,13 +160,16 @@ def process_image(path: str, size: int, quality: int, geometry: tuple | None = N
         from facepipe.gallery.align import align_face
 
         face, used = align_face(image, np.asarray(geometry[1], dtype=np.float64), size)
-        used_landmarks = (bool(used), "lst_landmarks" if used else "lst_landmarks_unusable")
+        used_landmarks = (bool(used), "lst_landmarks" if used else "lst_landmarks_unusable",
+                          None if used else "implausible_landmarks")
     elif geometry is not None:
-        face, used_landmarks = box_crop(image, geometry[1], size), (False, "lst_box")
+        face, used_landmarks = box_crop(image, geometry[1], size), (False, "lst_box", "lst_box")
     elif _ALIGNER is not None:
         aligned, details = _ALIGNER.align(image, size)
-        used_landmarks = (bool(_landmarks_used(details)),
-                          details.get("status") if isinstance(details, dict) else None)
+        used = bool(_landmarks_used(details))
+        status = details.get("status") if isinstance(details, dict) else None
+        fallback = details.get("fallback", "no_landmarks") if isinstance(details, dict) else "no_landmarks"
+        used_landmarks = (used, status, None if used else fallback)
         face = aligned
         if face.shape[:2] != (size, size):
             face = center_crop_resize(face, size)
@@ -326,6 +329,7 @@ class _Packer:
         self.skipped: list[dict] = []
         self.dropped: list[dict] = []
         self.alignment: list[dict] = []
+        self.fallbacks: list[str | None] = []  # per packed image aligned or cut: why not on landmarks
         self.duplicates = _Duplicates()
         self.seen = self.passthrough = 0
 
@@ -365,8 +369,9 @@ class _Packer:
             self.lst.write(lst_line(rel, class_id))
             self.passthrough += bool(was_passthrough)
             if used_landmarks is not None:
-                landmarks, status = used_landmarks
+                landmarks, status, fallback = used_landmarks
                 self.alignment.append({"file": rel, "landmarks": landmarks, "status": status})
+                self.fallbacks.append(fallback)
 
     def close(self) -> None:
         self.bar.close()
@@ -446,6 +451,9 @@ def _pack_into(cfg: PackConfig, src: Path, out_dir: Path, logger: RunLogger, pro
         report["aligned_with_landmarks"] = sum(a["landmarks"] for a in packer.alignment)
         report["aligned_without_landmarks"] = len(packer.alignment) - report["aligned_with_landmarks"]
         report["alignment"] = packer.alignment
+        from facepipe.gallery.align import alignment_summary
+
+        report["alignment_summary"] = alignment_summary(packer.fallbacks)
     # The report file holds no timings or paths of this machine, so reruns are byte-identical.
     (out_dir / REPORT).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     write_manifest(out_dir, kind="recordio", extra={"prefix": cfg.prefix, "num_images": writer.num_images,
@@ -456,6 +464,8 @@ def _pack_into(cfg: PackConfig, src: Path, out_dir: Path, logger: RunLogger, pro
                "skipped_count": len(skipped), "identities_dropped_count": len(dropped),
                "duplicate_files": report["duplicate_files"], "images_passed_through": packer.passthrough,
                "seconds": round(seconds, 3), "images_per_s": round(packer.seen / max(seconds, 1e-9), 1)}
+    if "alignment_summary" in report:
+        metrics.update({k: v for k, v in report["alignment_summary"].items() if v is not None})
     logger.log_metrics(metrics)
     logger.log_artifact(out_dir / REPORT)
     return {**report, **metrics, "workers": workers}
