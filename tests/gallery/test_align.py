@@ -151,7 +151,7 @@ def test_every_fallback_is_counted_with_its_reason():
     assert info["status"] == "ok" and not info["used_landmarks"] and info["fallback"] == "implausible_landmarks"
     aligner.detector = FixedDetections([])
     aligner.align(image, 64)
-    assert aligner.fallbacks == [None, "implausible_landmarks", "no_face"]
+    assert aligner.counts == {"": 1, "implausible_landmarks": 1, "no_face": 1}
     assert aligner.summary("gallery.") == {
         "gallery.alignment.aligned": 1, "gallery.alignment.fallback": 2, "gallery.alignment.fallback_rate": 0.6667,
         "gallery.alignment.fallback_implausible_landmarks": 1, "gallery.alignment.fallback_no_face": 1}

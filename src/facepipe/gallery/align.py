@@ -170,6 +170,11 @@ def alignment_summary(fallbacks, prefix: str = "") -> dict:
     counts: dict[str, int] = {}
     for reason in fallbacks:
         counts[reason or ""] = counts.get(reason or "", 0) + 1
+    return _summary(counts, prefix)
+
+
+def _summary(counts: dict[str, int], prefix: str) -> dict:
+    """`counts`: faces by fallback reason, "" for aligned ones."""
     total = sum(counts.values())
     fallback = total - counts.get("", 0)
     out = {f"{prefix}alignment.aligned": counts.get("", 0), f"{prefix}alignment.fallback": fallback,
@@ -196,8 +201,9 @@ class FaceAligner:
     `.align(image_bgr, size)` returns `(aligned_bgr, info)` for the main face, with `info` a dict
     (`status`, `faces`, `used_landmarks`, `fallback`, `box`, `score`, `landmarks`);
     `.align_all_batch` returns every face of each image. `no_face` images are center-cropped too;
-    callers decide whether to keep them. `.fallbacks` lists each face's fallback reason (None:
-    aligned) since `reset()`, for `alignment_summary`.
+    callers decide whether to keep them. `.counts` holds the faces by fallback reason ("":
+    aligned) since `reset()`; `.summary(prefix)` gives them as `alignment_summary` metrics (a
+    count, not a list: a long-running service aligns without growing).
     """
 
     def __init__(self, detector=None, score_threshold: float = 0.5, nms_threshold: float = 0.4,
@@ -210,17 +216,20 @@ class FaceAligner:
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.center_crop = center_crop
-        self.fallbacks: list[str | None] = []
+        self.counts: dict[str, int] = {}
 
     @property
     def digest(self) -> str | None:
         return getattr(self.detector, "digest", None)
 
     def reset(self) -> None:
-        self.fallbacks = []
+        self.counts = {}
 
     def summary(self, prefix: str = "") -> dict:
-        return alignment_summary(self.fallbacks, prefix)
+        return _summary(self.counts, prefix)
+
+    def _count(self, fallback: str | None) -> None:
+        self.counts[fallback or ""] = self.counts.get(fallback or "", 0) + 1
 
     def detect(self, image_bgr: np.ndarray) -> np.ndarray:
         if self.detector is None:
@@ -233,12 +242,12 @@ class FaceAligner:
         aligned, used = align_face(image, row[5:15], size, self.center_crop, box=row[:4])
         info = FaceInfo(status, faces, used, _rounded(row[:4]), round(float(row[4]), 4),
                         [_rounded(p) for p in row[5:15].reshape(5, 2)])
-        self.fallbacks.append(info.fallback)
+        self._count(info.fallback)
         return aligned, info.to_dict()
 
     def _crop(self, image: np.ndarray, status: str, size: int):
         aligned, _ = align_face(image, None, size, self.center_crop)
-        self.fallbacks.append(status)
+        self._count(status)
         return aligned, FaceInfo(status, 0, False).to_dict()
 
     def align(self, image_bgr: np.ndarray, size: int = 112) -> tuple[np.ndarray, dict]:
