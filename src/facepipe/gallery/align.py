@@ -2,8 +2,9 @@
 
 The recognizer is trained on faces warped so that the eyes, nose and mouth corners land on fixed
 points (InsightFace's 112x112 `arcface_dst`); every face it embeds must be warped the same way.
-When a face has no landmarks (no detector, or the detector found nothing) the image is
-center-cropped instead, and the caller is told (`used_landmarks=False`) so it can flag the result.
+When a face has no usable landmarks (no detector, the detector found nothing, or its landmarks
+are implausible: `landmark_problem`) the image is center-cropped instead, and the caller is told
+(`used_landmarks=False`, `fallback` reason) so every step can count and report it.
 """
 
 from __future__ import annotations
