@@ -31,7 +31,7 @@ def test_build_and_recognize_with_a_detector(gallery_data, untrained_detector, u
     assert all(r["used_landmarks"] == (r["fallback"] is None) for r in g.images)
     assert all(r["fallback"] in (None, "implausible_landmarks") for r in g.images if r["status"] != "no_face")
     fallbacks = [r["fallback"] for r in g.images if r["fallback"]]
-    align = report["alignment"]
+    align = report
     assert align["alignment.aligned"] + align["alignment.fallback"] == 6
     assert align["alignment.fallback"] == len(fallbacks)
     assert align.get("alignment.fallback_no_face", 0) == statuses.count("no_face")

@@ -461,7 +461,7 @@ def _pack_into(cfg: PackConfig, src: Path, out_dir: Path, logger: RunLogger, pro
         report["alignment"] = packer.alignment
         from facepipe.gallery.align import alignment_summary
 
-        report["alignment_summary"] = alignment_summary(packer.fallbacks)
+        report.update(alignment_summary(packer.fallbacks))  # alignment.aligned, .fallback, ... by reason
     # The report file holds no timings or paths of this machine, so reruns are byte-identical.
     (out_dir / REPORT).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     write_manifest(out_dir, kind="recordio", extra={"prefix": cfg.prefix, "num_images": writer.num_images,
@@ -472,8 +472,7 @@ def _pack_into(cfg: PackConfig, src: Path, out_dir: Path, logger: RunLogger, pro
                "skipped_count": len(skipped), "identities_dropped_count": len(dropped),
                "duplicate_files": report["duplicate_files"], "images_passed_through": packer.passthrough,
                "seconds": round(seconds, 3), "images_per_s": round(packer.seen / max(seconds, 1e-9), 1)}
-    if "alignment_summary" in report:
-        metrics.update({k: v for k, v in report["alignment_summary"].items() if v is not None})
+    metrics.update({k: v for k, v in report.items() if k.startswith("alignment.") and v is not None})
     logger.log_metrics(metrics)
     logger.log_artifact(out_dir / REPORT)
     return {**report, **metrics, "workers": workers}

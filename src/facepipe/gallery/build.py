@@ -173,8 +173,8 @@ def problem_report(records: list[dict], tree_report: dict) -> dict:
         "enrolled_images": sum(r["row"] is not None for r in records),
         "no_face": by("no_face"), "several_faces": by("several_faces"), "unreadable": by("unreadable"),
         "center_cropped": [r["file"] for r in records if r["row"] is not None and not r.get("used_landmarks")],
-        # every image that was aligned or center-cropped, enrolled or not
-        "alignment": alignment_summary(r["fallback"] for r in records if "fallback" in r),
+        # every image that was aligned or center-cropped, enrolled or not: alignment.* counts
+        **alignment_summary(r["fallback"] for r in records if "fallback" in r),
         **tree_report,
     }
 
@@ -265,7 +265,7 @@ def build_gallery(cfg: GalleryConfig, data_dir, detector_path, recognizer_path, 
     metrics = {"gallery.identities": report["identities"], "gallery.images": report["images"],
                "gallery.enrolled_images": report["enrolled_images"],
                "gallery.no_face": len(report["no_face"]), "gallery.several_faces": len(report["several_faces"]),
-               **{f"gallery.{k}": v for k, v in report["alignment"].items()}}
+               **{f"gallery.{k}": v for k, v in report.items() if k.startswith("alignment.") and v is not None}}
     if gallery.threshold is not None:
         metrics["gallery.threshold"] = gallery.threshold
     logger.log_metrics(metrics)
@@ -284,11 +284,11 @@ def summary_lines(report: dict) -> list[str]:
         if items:
             shown = json.dumps(items[:5], ensure_ascii=False)
             lines.append(f"{key}: {len(items)} {shown}{' ...' if len(items) > 5 else ''}")
-    align = report.get("alignment") or {}
-    if align.get("alignment.fallback"):
-        reasons = {k.rsplit("fallback_", 1)[1]: v for k, v in align.items() if "fallback_" in k and "rate" not in k}
-        lines.append(f"alignment: {align['alignment.aligned']} faces aligned on landmarks, "
-                     f"{align['alignment.fallback']} center-cropped {reasons}")
+    if report.get("alignment.fallback"):
+        reasons = {k.rsplit("fallback_", 1)[1]: v for k, v in report.items()
+                   if k.startswith("alignment.fallback_") and k != "alignment.fallback_rate"}
+        lines.append(f"alignment: {report['alignment.aligned']} faces aligned on landmarks, "
+                     f"{report['alignment.fallback']} center-cropped {reasons}")
     if report["calibration"].get("note"):
         lines.append(f"calibration: {report['calibration']['note']}")
     return lines
