@@ -58,6 +58,23 @@ class MlflowLogger:
     def log_artifact(self, path, artifact_path=None):
         self._client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_input(self, name, source, digest, context, profile=None):
+        """One input dataset of the run (the runs table's Dataset column): `digest` is cut to
+        MLflow's 36 characters, the whole one stays in the profile beside `profile`'s entries."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        from facepipe.secrets import redact
+
+        source = redact(str(source))
+        dataset = Dataset(name=name[:500], digest=digest.removeprefix("sha256:")[:36],
+                          source_type=_source_type(source), source=json.dumps({"uri": source}),
+                          profile=json.dumps({"digest": digest, **dict(profile or {})}, sort_keys=True))
+        self._client.log_inputs(self.run_id, datasets=[
+            DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+
     def set_tags(self, tags):
         from mlflow.entities import RunTag
 
@@ -67,6 +84,12 @@ class MlflowLogger:
         items = [RunTag(k, v[:5000]) for k, v in clean.items()]
         for i in range(0, len(items), 100):
             self._client.log_batch(self.run_id, tags=items[i:i + 100])
+
+
+def _source_type(uri: str) -> str:
+    """The MLflow UI's dataset source types: s3, http, local, or external (obs://, anything else)."""
+    scheme = uri.split("://", 1)[0] if "://" in uri else "file"
+    return {"s3": "s3", "http": "http", "https": "http", "file": "local"}.get(scheme, "external")
 
 
 def tracking_enabled() -> bool:
@@ -84,8 +107,7 @@ def command_logger(run_name: str, tags: Mapping[str, str] | None = None, enabled
 
     with mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None):
         logger = MlflowLogger()
-        if tags:
-            logger.set_tags(tags)
+        logger.set_tags({**source_tags(f"facepipe {run_name}"), **(tags or {})})
         yield logger
 
 
@@ -94,6 +116,11 @@ def command_logger(run_name: str, tags: Mapping[str, str] | None = None, enabled
 DEFAULT_EXPERIMENT = "facepipe"
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
 STEP_TAG = "facepipe.step"
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces, prompts);
+# "custom_model_development" makes it open on the training runs table.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+COMMIT_ENV = "FACEPIPE_GIT_COMMIT"  # the commit where the code is no git checkout (an image, a wheel)
 
 
 def project_dir() -> Path:
@@ -127,6 +154,8 @@ def _client():
 def _experiment_id(client, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older facepipe or by hand; a chosen kind stays
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     uri = tracking_uri()
     location = None
@@ -134,7 +163,8 @@ def _experiment_id(client, name: str) -> str:
         # Keep a local store's artifacts beside its database, not in the caller's working dir.
         location = (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:
         exp = client.get_experiment_by_name(name)  # created meanwhile by a parallel step
         if exp is None:
@@ -149,7 +179,8 @@ def _clean_tags(tags: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 def git_commit(root: str | Path | None = None) -> str:
-    """The checkout's HEAD commit (with ``-dirty`` for uncommitted changes), or "" outside git."""
+    """The checkout's HEAD commit (with ``-dirty`` for uncommitted changes); outside git,
+    $FACEPIPE_GIT_COMMIT (what `facepipe run` passes into its step containers), else ""."""
     import subprocess
 
     cwd = str(root or project_dir())
@@ -157,12 +188,23 @@ def git_commit(root: str | Path | None = None) -> str:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                                 timeout=10).stdout.strip()
         if not commit:
-            return ""
+            return os.environ.get(COMMIT_ENV, "")
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return ""
+        return os.environ.get(COMMIT_ENV, "")
+
+
+def source_tags(entry: str, commit: str | None = None) -> dict[str, str]:
+    """The tags the MLflow UI's Source and Version columns read: what ran (`entry`, e.g.
+    "facepipe run"), LOCAL or JOB (a KFP pod), and the git commit when known."""
+    commit = git_commit() if commit is None else commit
+    tags = {"mlflow.source.name": entry,
+            "mlflow.source.type": "JOB" if os.environ.get("FACEPIPE_KFP_RUN_ID") else "LOCAL"}
+    if commit:
+        tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
+    return tags
 
 
 def start_pipeline_run(experiment: str, tags: Mapping[str, Any] | None = None,
@@ -177,8 +219,8 @@ def start_pipeline_run(experiment: str, tags: Mapping[str, Any] | None = None,
     all_tags = {"facepipe.kind": "pipeline", **_clean_tags(tags)}
     if not all_tags.get("facepipe.git_commit"):
         all_tags["facepipe.git_commit"] = git_commit()
-    if all_tags["facepipe.git_commit"]:
-        all_tags.setdefault("mlflow.source.git.commit", all_tags["facepipe.git_commit"].removesuffix("-dirty"))
+    entry = "pipeline.yaml (KFP)" if all_tags.get("facepipe.kfp_run_id") else "facepipe run"
+    all_tags = {**source_tags(entry, all_tags["facepipe.git_commit"]), **all_tags}
     name = run_name or all_tags.get("facepipe.kfp_run_id") or all_tags.get("facepipe.local_run_id") or None
     run = client.create_run(_experiment_id(client, experiment), tags=all_tags, run_name=name)
     return run.info.run_id
@@ -195,7 +237,8 @@ def start_step_run(parent_id: str | None, step_name: str, params: Mapping[str, A
         experiment_id = client.get_run(parent_id).info.experiment_id
     else:
         experiment_id = _experiment_id(client, os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
-    all_tags = {STEP_TAG: step_name, "facepipe.kind": "step", **_clean_tags(tags)}
+    all_tags = {**source_tags(f"facepipe {step_name}"), STEP_TAG: step_name, "facepipe.kind": "step",
+                **_clean_tags(tags)}
     if parent_id:
         all_tags[PARENT_TAG] = parent_id
     run = client.create_run(experiment_id, tags=all_tags, run_name=step_name)

@@ -304,7 +304,10 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
         from facepipe import tracking
 
         uri = _tracking_setup(base)
-        tags = {"facepipe.local_run_id": record.id, "facepipe.git_commit": tracking.git_commit(),
+        commit = tracking.git_commit()
+        if commit:  # step containers (the docker runner passes FACEPIPE_*) have no git checkout
+            os.environ[tracking.COMMIT_ENV] = commit
+        tags = {"facepipe.local_run_id": record.id, "facepipe.git_commit": commit,
                 "facepipe.pipeline_digest": record.pipeline_digest,
                 **{f"facepipe.image.{k}": v for k, v in image_digests().items()}}
         if from_run:
