@@ -16,6 +16,7 @@ the project's `runs/` folder (`make mlflow-ui` serves it). Params and tags are r
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -61,8 +62,6 @@ class MlflowLogger:
     def log_input(self, name, source, digest, context, profile=None):
         """One input dataset of the run (the runs table's Dataset column): `digest` is cut to
         MLflow's 36 characters, the whole one stays in the profile beside `profile`'s entries."""
-        import json
-
         from mlflow.entities import Dataset, DatasetInput, InputTag
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
@@ -287,6 +286,27 @@ def log_model(run_id: str, kind: str, files: Mapping[str, str | None], name: str
     with tempfile.TemporaryDirectory(prefix="facepipe-mlmodel-") as tmp:
         _client().log_artifacts(run_id, str(save_model(kind, dict(files), Path(tmp) / "model")), "model")
     return register_model(run_id, "model", name)
+
+
+def ui_url(server: str, route: str) -> str:
+    """A link into the MLflow UI at `server` (``http://HOST:PORT``) that opens in its model-training
+    view. MLflow 3.17 picks GenAI or model-training pages from the link's `workflowType` (else the
+    browser's last choice, GenAI at first), not from the experiment's kind tag, so links say it."""
+    sep = "&" if "?" in route else "?"
+    return f"{server.rstrip('/')}/#/{route.strip('/')}{sep}workflowType=machine_learning"
+
+
+def run_url(server: str, experiment_id: str, run_id: str, tab: str = "") -> str:
+    """A run's page; `tab` e.g. ``artifacts`` or ``artifacts/plots/roc.png`` (that file opened)."""
+    return ui_url(server, f"experiments/{experiment_id}/runs/{run_id}/{tab}")
+
+
+def compare_url(server: str, run_ids: list[str], experiment_ids: list[str]) -> str:
+    """The UI's side-by-side view of runs: params (differences highlighted), metrics, tags."""
+    from urllib.parse import quote
+
+    return ui_url(server, f"compare-runs?runs={quote(json.dumps(list(run_ids)))}"
+                          f"&experiments={quote(json.dumps(list(experiment_ids)))}")
 
 
 def find_runs(experiment: str | None = None, *, parent_id: str | None = None, step: str | None = None,
