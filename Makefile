@@ -44,7 +44,7 @@ test-containers: setup
 
 # Headless Chromium on the MLflow UI of two real tiny runs; refreshes the screenshots in docs/img/.
 test-browser: setup
-	bash scripts/test.sh -m browser $(PYTEST_ARGS)
+	FACEPIPE_BROWSER_SHOTS=$(CURDIR)/docs/img bash scripts/test.sh -m browser $(PYTEST_ARGS)
 
 compile: setup
 	$(BIN)/python -m pipeline.compile --out pipeline.yaml

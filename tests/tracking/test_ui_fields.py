@@ -110,3 +110,13 @@ def test_spooled_inputs_reach_the_run_and_models_are_not_datasets(client, synth_
     assert dataset.name == "images/faces" and tags["mlflow.data.context"] == "data_dir"
     assert dataset.source_type == "local" and json.loads(dataset.source)["uri"] == str(synth_small / "faces")
     assert dataset.digest == content_digest(synth_small)[:36]
+
+
+def test_ui_links_open_the_model_training_view():
+    assert (tracking.ui_url("http://h:5000/", "experiments/3")
+            == "http://h:5000/#/experiments/3?workflowType=machine_learning")
+    assert (tracking.run_url("http://h:5000", "3", "r1", "artifacts/plots/roc.png")
+            == "http://h:5000/#/experiments/3/runs/r1/artifacts/plots/roc.png?workflowType=machine_learning")
+    assert (tracking.compare_url("http://h:5000", ["a", "b"], ["3"])
+            == "http://h:5000/#/compare-runs?runs=%5B%22a%22%2C%20%22b%22%5D&experiments=%5B%223%22%5D"
+               "&workflowType=machine_learning")
