@@ -133,9 +133,10 @@ def test_links_open_the_training_runs_with_source_and_dataset(page, runs, shots)
     for name in runs["names"]:
         (row,) = [r for r in rows if name in r]
         assert "facepipe run" in row and "images" in row, row
-    # Expanded, the step runs show their own inputs (train_recognition read the packed records).
-    page.script("[...document.querySelectorAll('label, button, [role=checkbox]')]"
-                ".find(e => e.innerText.trim() === 'Expand rows').click();")
+    # Opened (the [+] beside a run's name), the step runs show their own inputs: train_recognition
+    # read the packed records.
+    page.script("document.querySelectorAll('[role=row] [data-component-id$=\"runnamecellrenderer.tsx_46\"]')"
+                ".forEach(b => b.click());")
     page.wait_for_text("train_recognition", "records (", "facepipe train_recognition")
     page.screenshot(shots / "mlflow-runs.png")
 
