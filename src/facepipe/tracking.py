@@ -9,6 +9,8 @@ Lineage (used by the orchestration layer): a pipeline run is a parent MLflow run
 pipeline.yaml digest and input data digest); each step is a child run (`start_step_run`) with its
 params, metrics by step and artifacts; trained models are logged as MLflow pyfunc models and
 registered as model versions linked to their run (`log_model`, `register_model`). `find_runs` and `param_diff` answer "which runs" and "what changed".
+Runs carry what the UI's Source, Version and Dataset columns read (`source_tags`, `MlflowLogger.log_input`);
+`ui_url`, `run_url` and `compare_url` are links into the UI that open its model-training view.
 Without MLFLOW_TRACKING_URI everything goes to `default_tracking_uri()`, a sqlite store under
 the project's `runs/` folder (`make mlflow-ui` serves it). Params and tags are redacted of secrets.
 """
@@ -115,8 +117,8 @@ def command_logger(run_name: str, tags: Mapping[str, str] | None = None, enabled
 DEFAULT_EXPERIMENT = "facepipe"
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
 STEP_TAG = "facepipe.step"
-# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces, prompts);
-# "custom_model_development" makes it open on the training runs table.
+# The kind MLflow 3 records for a model-training experiment (its UIs before 3.17 open such an
+# experiment on its runs, not the GenAI overview). 3.17's UI goes by the link instead: `ui_url`.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 COMMIT_ENV = "FACEPIPE_GIT_COMMIT"  # the commit where the code is no git checkout (an image, a wheel)
