@@ -147,5 +147,6 @@ def run_command(step_name: str, cfg, inputs: Mapping[str, Any], out: str, *, run
         else:
             out_dir = out if storage.parse_uri(out).is_local else stack.enter_context(tempfile.TemporaryDirectory())
         logger = stack.enter_context(command_logger(run_name or step_name, run_tags(step_name, inputs, out),
-                                                    enabled=main_process))
+                                                    enabled=main_process,
+                                                    entry=f"facepipe {step.command or step_name}"))
         return call_step(step, cfg, local, out_dir, logger, sources=inputs, **options)

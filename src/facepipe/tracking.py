@@ -98,9 +98,10 @@ def tracking_enabled() -> bool:
 
 
 @contextlib.contextmanager
-def command_logger(run_name: str, tags: Mapping[str, str] | None = None, enabled: bool = True):
+def command_logger(run_name: str, tags: Mapping[str, str] | None = None, enabled: bool = True, entry: str = ""):
     """The CLI edges' logger: inside an MLflow run (nested under an active one) when
-    MLFLOW_TRACKING_URI is set and `enabled` (rank 0 of a torchrun job), else a NullLogger."""
+    MLFLOW_TRACKING_URI is set and `enabled` (rank 0 of a torchrun job), else a NullLogger.
+    `entry` is what ran, for the run's Source (default ``facepipe <run_name>``)."""
     if not (enabled and tracking_enabled()):
         yield NullLogger()
         return
@@ -108,7 +109,7 @@ def command_logger(run_name: str, tags: Mapping[str, str] | None = None, enabled
 
     with mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None):
         logger = MlflowLogger()
-        logger.set_tags({**source_tags(f"facepipe {run_name}"), **(tags or {})})
+        logger.set_tags({**source_tags(entry or f"facepipe {run_name}"), **(tags or {})})
         yield logger
 
 

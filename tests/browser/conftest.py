@@ -14,8 +14,6 @@ import pytest
 from tests.conftest import PROJECT_ROOT
 from tests.fixtures.services import _popen, _stop, _wait_http, free_port
 
-pytestmark = pytest.mark.browser
-
 
 def _tools() -> tuple[str | None, str | None]:
     return shutil.which("chromium"), shutil.which("chromedriver")

@@ -120,3 +120,20 @@ def test_ui_links_open_the_model_training_view():
     assert (tracking.compare_url("http://h:5000", ["a", "b"], ["3"])
             == "http://h:5000/#/compare-runs?runs=%5B%22a%22%2C%20%22b%22%5D&experiments=%5B%223%22%5D"
                "&workflowType=machine_learning")
+
+
+def test_a_cli_step_command_run_names_its_command_and_input(client, synth_small, tmp_path):
+    """`facepipe pack SRC OUT` with tracking on: the run (named after OUT) says `facepipe pack` ran on SRC."""
+    from facepipe import edge
+    from facepipe.config import load_config
+    from facepipe.data.pack import PackConfig
+
+    out = tmp_path / "my-records"
+    edge.run_command("pack", load_config(PackConfig, None, ["size=64", "workers=1"]), {"src": str(synth_small / "faces")},
+                     str(out), run_name=out.name)
+    (run,) = tracking.find_runs(tags={"facepipe.output": str(out)})
+    assert run.info.run_name == "my-records"
+    assert run.data.tags["mlflow.source.name"] == "facepipe pack"
+    ((dataset, tags),) = dataset_inputs(client, run.info.run_id)
+    assert dataset.name == "images/faces" and json.loads(dataset.source)["uri"] == str(synth_small / "faces")
+    assert dataset.digest == content_digest(synth_small)[:36] and tags["mlflow.data.context"] == "src"
