@@ -88,14 +88,37 @@ class _SeenMetrics:
         return getattr(self.inner, name)
 
 
-def call_step(step: Step, cfg, inputs: Mapping[str, str | None], out_dir, logger, **options) -> dict:
-    """Log the config as the run's params and, after the step, its result's numbers that it did not
-    log itself by training step: the only place a step run's params and final metrics are logged.
+def log_inputs(step: Step, sources: Mapping[str, Any], local: Mapping[str, str | None], logger) -> None:
+    """Log the step's data inputs (folder ports; models are linked through the registry) as the
+    run's datasets: named by artifact, sourced at the URI as given, with the content digest of the
+    manifest of the facepipe output holding it (the port's folder or the artifact above it)."""
+    from pathlib import Path
+
+    from facepipe.manifest import MANIFEST, content_digest
+
+    for port in step.inputs:
+        path, source = local.get(port.arg), given(sources.get(port.arg))
+        if not path or PurePosixPath(port.layout).suffix or not Path(path).is_dir():
+            continue
+        # A pipeline artifact's subfolder (images/detection) carries no manifest; its artifact does.
+        holder = next((p for p in [Path(path), *Path(path).parents][:len(PurePosixPath(port.layout).parts) + 1]
+                       if (p / MANIFEST).is_file()), None)
+        name = f"{port.artifact}/{port.layout}" if port.layout else port.artifact
+        profile = {"manifest": "yes" if holder else "none (digest of the file names and sizes)"}
+        logger.log_input(name, source or path, "sha256:" + content_digest(holder or path), port.arg, profile)
+
+
+def call_step(step: Step, cfg, inputs: Mapping[str, str | None], out_dir, logger, *,
+              sources: Mapping[str, Any] | None = None, **options) -> dict:
+    """Log the config as the run's params (and the data inputs, `sources` being the URIs the local
+    `inputs` came from) and, after the step, its result's numbers that it did not log itself by
+    training step: the only place a step run's params and final metrics are logged.
     The step runs on every rank of this node where its config's `nproc_per_node` asks for more than one."""
     from facepipe.config import to_dict
     from facepipe.training import launch
 
     logger.log_params(to_dict(cfg))
+    log_inputs(step, sources or inputs, inputs, logger)
     seen = _SeenMetrics(logger)
     if launch.needs_launch(cfg):
         result = launch.launch(step.name, cfg, dict(inputs), str(out_dir), seen, **options)
@@ -134,5 +157,6 @@ def run_command(step_name: str, cfg, inputs: Mapping[str, Any], out: str, *, run
         else:
             out_dir = out if storage.parse_uri(out).is_local else stack.enter_context(tempfile.TemporaryDirectory())
         logger = stack.enter_context(command_logger(run_name or step_name, run_tags(step_name, inputs, out),
-                                                    enabled=main_process))
-        return call_step(step, cfg, local, out_dir, logger, **options)
+                                                    enabled=main_process,
+                                                    entry=f"facepipe {step.command or step_name}"))
+        return call_step(step, cfg, local, out_dir, logger, sources=inputs, **options)

@@ -86,7 +86,7 @@ def run(args) -> int:
         uri = a["mlflow"][0]
         try:
             experiments = [tracking.run_data(run_id, store)["experiment_id"] for store, run_id in (a["mlflow"], b["mlflow"])]
-            url = tracking.compare_url([a["mlflow"][1], b["mlflow"][1]], experiments, uri)
+            url = tracking.compare_url(tracking.ui_base(uri), [a["mlflow"][1], b["mlflow"][1]], experiments)
             hint = "" if uri.startswith(("http://", "https://")) else " (start the UI: make mlflow-ui)"
             print(f"MLflow compare: {url}{hint}")
         except Exception as exc:  # noqa: BLE001 - the comparison above stands without the link

@@ -62,7 +62,7 @@ def print_summary(record, root) -> None:
         uri, parent = record.mlflow["tracking_uri"], record.mlflow["parent_run_id"]
         print(f"MLflow: parent run {parent} in experiment {record.mlflow['experiment']!r} at {uri}")
         try:
-            url = tracking.run_url(parent, tracking.run_data(parent, uri)["experiment_id"], uri)
+            url = tracking.run_url(tracking.ui_base(uri), tracking.run_data(parent, uri)["experiment_id"], parent)
             print(f"  UI: {url}" + ("" if uri.startswith(("http://", "https://")) else " (start it: make mlflow-ui)"))
         except Exception as exc:  # noqa: BLE001 - the run is recorded; only the link is missing
             print(f"  UI: unavailable ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")

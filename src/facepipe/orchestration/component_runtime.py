@@ -169,6 +169,10 @@ class SpoolLogger:
     def set_tags(self, tags):
         self.event("tags", tags={k: str(v) for k, v in tags.items()})
 
+    def log_input(self, name, source, digest, context, profile=None):
+        self.event("input", name=name, source=str(source), digest=digest, context=context,
+                   profile=dict(profile or {}))
+
 
 def replay_spool(spool: str | Path) -> list[str]:
     """Create the MLflow child runs the spooled steps describe (oldest first); returns their run ids.
@@ -198,6 +202,8 @@ def replay_spool(spool: str | Path) -> list[str]:
                 metrics += [Metric(k, v, int(e["time"] * 1000), e["step"]) for k, v in e["metrics"].items()]
             elif e["op"] == "artifact" and Path(e["path"]).exists():
                 logger.log_artifact(e["path"], e["artifact_path"])
+            elif e["op"] == "input":
+                logger.log_input(e["name"], e["source"], e["digest"], e["context"], e["profile"])
             elif e["op"] == "tags":
                 client.log_batch(run_id, tags=[RunTag(k, v) for k, v in e["tags"].items()])
             elif e["op"] == "model":
@@ -304,7 +310,7 @@ def _run_step(step: str, config: Mapping[str, Any], inputs_by_arg: Mapping[str, 
                 result = _run_trainjob(record, cfg, inputs_by_arg, out, output_uri)
                 child.logger.log_metrics(edge.flat_metrics(result))
             else:
-                result = edge.call_step(record, cfg, local, out, child.logger)
+                result = edge.call_step(record, cfg, local, out, child.logger, sources=inputs_by_arg)
             _record_timing(step, time.time() - started)
             numbers = edge.flat_metrics(result)
             seconds = time.time() - started

@@ -327,7 +327,10 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
                 from facepipe import tracking
 
                 uri = _tracking_setup(base)
-                tags = {"facepipe.local_run_id": record.id, "facepipe.git_commit": tracking.git_commit(),
+                commit = tracking.git_commit()
+                if commit:  # step containers (the docker runner passes FACEPIPE_*) have no git checkout
+                    os.environ[tracking.COMMIT_ENV] = commit
+                tags = {"facepipe.local_run_id": record.id, "facepipe.git_commit": commit,
                         "facepipe.pipeline_digest": record.pipeline_digest,
                         **{f"facepipe.image.{k}": v for k, v in image_digests().items()}}
                 if from_run:
@@ -433,10 +436,12 @@ def _finish_parent(parent_id: str, record: RunRecord) -> None:
 
     images = record.outputs.get("images")
     logger = MlflowLogger(parent_id)
+    digest = f"sha256:{content_digest(images)}" if images and (Path(images) / MANIFEST).exists() else ""
     logger.set_tags({**{f"facepipe.step.{k}": v for k, v in record.steps.items()},
-                     "facepipe.input_data_digest": f"sha256:{content_digest(images)}"
-                     if images and (Path(images) / MANIFEST).exists() else "",
-                     "facepipe.status": record.status})
+                     "facepipe.input_data_digest": digest, "facepipe.status": record.status})
+    if digest:  # the runs table's Dataset column: the data the whole run trained and evaluated on
+        logger.log_input("images", record.arguments.get("data_uri") or images, digest, "pipeline",
+                         {"manifest": "yes"})
     metrics_path = record.outputs.get("metrics")
     if metrics_path and Path(metrics_path).is_file():
         logger.log_metrics(json.loads(Path(metrics_path).read_text()))
