@@ -43,7 +43,8 @@ SKIN_TINTS = np.array([[0.78, 0.88, 1.10], [0.70, 0.82, 1.05], [0.85, 0.92, 1.08
 @dataclass
 class CompositeConfig:
     scenes: int = bounded(100, low=0, help="mosaics")
-    whole_photos: int = bounded(0, low=0, help="whole photos listed as they are (250x250), besides the mosaics")
+    photos: int = bounded(0, low=0, help="photos drawn from (a seeded choice; 0 = all): bounds the teacher's work")
+    whole_photos: bool = False  # also list each of those photos as it is (250x250)
     width: int = bounded(640, low=64, high=4096)
     height: int = bounded(480, low=64, high=4096)
     photos_min: int = bounded(1, low=1, high=64)
@@ -253,6 +254,9 @@ def build_composites(cfg: CompositeConfig, lfw_dir: str | Path, out_dir: str | P
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     photos = face_photos(lfw_dir, cfg.first_letters)
+    if cfg.photos:
+        chosen = np.random.default_rng([cfg.seed, 43]).permutation(len(photos))[:cfg.photos]
+        photos = [photos[i] for i in sorted(chosen.tolist())]
     labels = PhotoLabels(cfg)
     labelled, ignore, faces = [], {}, 0
 
@@ -269,14 +273,13 @@ def build_composites(cfg: CompositeConfig, lfw_dir: str | Path, out_dir: str | P
         root = photos[0].parents[1]
         if not link.is_symlink():
             link.symlink_to(root.resolve(), target_is_directory=True)
-        chosen = np.random.default_rng([cfg.seed, 43]).permutation(len(photos))[:cfg.whole_photos]
-        with Progress(len(chosen), "whole photos (teacher)", unit="photo") as progress:
-            for i in sorted(chosen.tolist()):
-                photo = cv2.imread(str(photos[i]))
+        with Progress(len(photos), "whole photos (teacher)", unit="photo") as progress:
+            for path in photos:
+                photo = cv2.imread(str(path))
                 if photo is None:
-                    raise DataError("cannot read LFW photo", path=photos[i])
-                pf = labels(photos[i], photo)
-                add(f"photos/{photos[i].relative_to(root).as_posix()}", pf.labels, pf.ignore)
+                    raise DataError("cannot read LFW photo", path=path)
+                pf = labels(path, photo)
+                add(f"photos/{path.relative_to(root).as_posix()}", pf.labels, pf.ignore)
                 progress.update()
     with Progress(cfg.scenes, "mosaics", unit="scene") as progress:
         for index in range(cfg.scenes):
@@ -287,7 +290,7 @@ def build_composites(cfg: CompositeConfig, lfw_dir: str | Path, out_dir: str | P
             progress.update()
     write_labels(out_dir / "label.txt", labelled)
     (out_dir / "ignore.json").write_text(json.dumps(ignore))
-    report = {"scenes": cfg.scenes, "whole_photos": cfg.whole_photos, "faces": faces,
+    report = {"scenes": cfg.scenes, "whole_photos": len(photos) if cfg.whole_photos else 0, "faces": faces,
               "ignored_faces": sum(len(v) for v in ignore.values()), "photos_available": len(photos),
               "identities": cfg.first_letters, "labels": "teacher: OpenCV Haar cascade + LFW geometry"
               + (" (main faces: geometry only)" if cfg.evaluation else "")}

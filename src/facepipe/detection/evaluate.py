@@ -177,3 +177,26 @@ def evaluate_detection(model_path: str | Path, data: str | Path, out_dir: str | 
     logger.log_artifact(out_dir / "pr_curve.png")
     write_manifest(out_dir, kind="detection_evaluation", extra={"data": str(label_txt), "model": str(model_path)})
     return metrics
+
+
+def landmark_errors(predictions: list[np.ndarray], samples, iou_threshold: float = 0.5) -> np.ndarray:
+    """Per labelled face with landmarks that a detection matches (best IoU >= threshold): the mean
+    distance of the 5 predicted points to the labelled ones over the face size sqrt(w*h)."""
+    errors = []
+    for dets, sample in zip(predictions, samples):
+        faces = sample.faces
+        dets = np.asarray(dets, np.float64).reshape(-1, 15)
+        if not len(dets) or not faces.has_landmarks.any():
+            continue
+        overlaps = box_iou(faces.boxes.astype(np.float64), dets[:, :4])
+        for k in np.flatnonzero(faces.has_landmarks):
+            # The highest-scoring detection that overlaps enough: what a user of the detector would take.
+            ok = np.flatnonzero(overlaps[k] >= iou_threshold)
+            if not len(ok):
+                continue
+            best = ok[int(dets[ok, 4].argmax())]
+            x1, y1, x2, y2 = faces.boxes[k]
+            size = np.sqrt(max(x2 - x1, 1e-6) * max(y2 - y1, 1e-6))
+            dist = np.linalg.norm(dets[best, 5:15].reshape(5, 2) - faces.landmarks[k], axis=1)
+            errors.append(dist.mean() / size)
+    return np.asarray(errors, np.float64)
