@@ -56,6 +56,9 @@ class DetectionTrainConfig:
     workers: int = bounded(0, low=0, high=64, help="data loader processes")
     crop_scales: list[float] = listfield([0.3, 0.45, 0.6, 0.8, 1.0],
                                          help="square crop side as a fraction of the short image side")
+    crop_min_visible: float = bounded(0.0, low=0.0, high=1.0,
+                                      help="redraw a crop that keeps a face with less than this share of its box "
+                                           "(0: the reference's crop; for photos where faces are large)")
     min_face_size: float = bounded(2.0, low=0.0, help="faces smaller than this (px, after resize) are dropped")
     photometric: bool = True
     flip: bool = True

@@ -95,7 +95,7 @@ def _train(cfg: DetectionTrainConfig, data_dir: Path, out_dir: Path, logger, ctx
     val_label = data_dir / "val" / "label.txt"
     val_samples = load_samples(val_label) if val_label.is_file() else []
     dataset = DetectionDataset(train_samples, cfg.image_size, cfg.seed, True, cfg.crop_scales,
-                               cfg.min_face_size, cfg.photometric, cfg.flip)
+                               cfg.min_face_size, cfg.photometric, cfg.flip, cfg.crop_min_visible)
     spe = EpochBatches(len(dataset), cfg.batch_size, cfg.seed, cfg.epochs, ctx.rank, world).steps_per_epoch
     total_steps = min(spe * cfg.epochs, cfg.max_steps or spe * cfg.epochs)
 
