@@ -12,7 +12,7 @@ TORCH_VARIANT ?= cpu
 IMAGES_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-containers test test-fast test-containers compile images push-images mlflow-ui bench clean
+.PHONY: setup demo demo-containers test test-fast test-containers test-browser compile images push-images mlflow-ui bench clean
 
 # The environment: pinned versions from requirements.lock; torch is the local CPU wheel
 # (a bare `torch` requirement would pull a multi-GB CUDA build).
@@ -37,13 +37,18 @@ test: setup
 	bash scripts/test.sh $(PYTEST_ARGS)
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow and not containers" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not containers and not browser" $(PYTEST_ARGS)
 
 test-containers: setup
 	bash scripts/test.sh -m containers $(PYTEST_ARGS)
 
+# Headless Chromium on the MLflow UI of two real tiny runs; refreshes the screenshots in docs/img/.
+test-browser: setup
+	FACEPIPE_BROWSER_SHOTS=$(CURDIR)/docs/img bash scripts/test.sh -m browser $(PYTEST_ARGS)
+
+# With the CPU torch image (this machine's default) the GPU steps run on CPU: asked for explicitly.
 compile: setup
-	$(BIN)/python -m pipeline.compile --out pipeline.yaml
+	$(BIN)/python -m pipeline.compile --out pipeline.yaml $(if $(filter cpu,$(TORCH_VARIANT)),--allow-cpu-torch-on-gpu)
 
 # Offline builds: wheels are fetched on the host into the build context; images/README.md.
 images: setup

@@ -9,6 +9,11 @@ are new samples of enrolled identities): IVF and HNSW queries/s against exact se
 Part 3 (real photos, with --recognizer): lfw-dev identities I..K: the first image of each person
 with 2+ images enrolled, their other images are probes, people with one image are distractors;
 rank-1 and DIR at FAR 1e-2 (facepipe evaluate identification).
+Part 4 (open set, with --recognizer, and --detector for the aligned rows): people with more than
+--enrol photos enrolled from one photo vs --enrol photos (plain and quality-weighted means) on the
+same probes; the threshold calibrated for --target-far on held-apart strangers and the FAR it gives
+on other strangers; pairs-dev verification; all of it with center crops and with faces aligned on
+the detector's landmarks (the effect of alignment alone), and how often landmarks land in the box.
 
     OMP_NUM_THREADS=2 nice -n 10 .venv/bin/python bench/gallery.py --sizes 10000,100000,1000000 \
         --approx-sizes 100000,1000000 --recognizer /tmp/lfw/model.pt --out /tmp/bench_gallery
@@ -220,6 +225,148 @@ def bench_lfw(lfw: Path, recognizer: Path, out: Path, detector: str | None, repo
     report["lfw"] = {k: metrics[k] for k in keys} | {"recognizer": str(recognizer), "seconds": round(seconds, 1)}
 
 
+# ------------------------------------------------------------------ open set on real photos
+
+def embed_people(images: Path, people: list[Path], recognizer, aligner):
+    """Every photo of `people` aligned (or center-cropped) and embedded once: `(emb, records)`,
+    records in row order with file `Name/Name_NNNN.jpg`, detector box/landmarks and fallback."""
+    from facepipe.gallery.build import embed_identity_tree
+
+    tree = [(p.name, sorted(p.glob("*.jpg"))) for p in people]
+    emb, _, records = embed_identity_tree(tree, images, aligner, recognizer, no_face="center_crop",
+                                          desc=f"embedding ({'aligned' if aligner.detector else 'center crop'})")
+    rows = sorted((r for r in records if r["row"] is not None), key=lambda r: r["row"])
+    return emb, rows
+
+
+def landmark_report(rows: list[dict]) -> dict:
+    """How often the main face's 5 landmarks land inside its own box, and how often they pass the
+    aligner's plausibility check (else the face is center-cropped)."""
+    found = [r for r in rows if r.get("box")]
+    inside = 0
+    for r in found:
+        x1, y1, x2, y2 = r["box"]
+        pts = np.asarray(r["landmarks"], np.float64)
+        inside += bool(((pts[:, 0] >= x1) & (pts[:, 0] <= x2) & (pts[:, 1] >= y1) & (pts[:, 1] <= y2)).all())
+    n = len(rows)
+    return {"photos": n, "face_found": len(found) / max(n, 1), "landmarks_inside_box": inside / max(len(found), 1),
+            "aligned_on_landmarks": sum(bool(r.get("used_landmarks")) for r in rows) / max(n, 1)}
+
+
+def pair_verification(pairs_path: Path, emb: np.ndarray, rows: list[dict]) -> dict:
+    from facepipe.evaluation.pairs import read_lfw_pairs
+    from facepipe.evaluation.verification import verification_metrics
+
+    index = {r["file"]: r["row"] for r in rows}
+    pairs = read_lfw_pairs(pairs_path)
+    left = [index[f"{p.name1}/{p.name1}_{p.image1:04d}.jpg"] for p in pairs]
+    right = [index[f"{p.name2}/{p.name2}_{p.image2:04d}.jpg"] for p in pairs]
+    scores = np.sum(emb[left] * emb[right], axis=1)
+    return verification_metrics(scores, np.array([p.same for p in pairs]), np.array([p.fold for p in pairs]))
+
+
+def open_set_rows(emb: np.ndarray, rows: list[dict], recognizer, aligner, enrol: int, target_far: float) -> dict:
+    """People with more than `enrol` photos are enrolled; their later photos are the probes.
+    Galleries of one photo vs `enrol` photos per person (plain and quality-weighted means) on the
+    SAME probes. Everyone else is a stranger: every other one calibrates the gallery's threshold
+    (held apart), the rest measure DIR and the FAR that threshold achieves on new people."""
+    from facepipe.evaluation.identification import identification_metrics
+    from facepipe.gallery.build import GalleryConfig, make_gallery
+
+    by_person: dict[str, list[dict]] = {}
+    for r in rows:
+        by_person.setdefault(r["identity"], []).append(r)
+    enrolled = sorted(n for n, rs in by_person.items() if len(rs) > enrol)
+    strangers = [by_person[n][0]["row"] for n in sorted(by_person) if n not in set(enrolled)]
+    held_apart, new_people = emb[strangers[0::2]], emb[strangers[1::2]]
+    probes = [r for n in enrolled for r in by_person[n][enrol:]]
+    probe_emb, probe_names = emb[[r["row"] for r in probes]], [r["identity"] for r in probes]
+    results = {"enrolled_people": len(enrolled), "probes": len(probes), "held_apart_strangers": len(held_apart),
+               "test_strangers": len(new_people)}
+    variants = [("one photo", 1, "none", True), (f"{enrol} photos mean", enrol, "none", True),
+                (f"{enrol} photos norm-weighted", enrol, "embedding_norm", True),
+                (f"{enrol} photos, leave-id-out calib.", enrol, "embedding_norm", False)]
+    if aligner.detector is not None:
+        variants.insert(3, (f"{enrol} photos score-weighted", enrol, "detector_score", True))
+    for label, k, weighting, held in variants:
+        picked = [dict(r) for n in enrolled for r in by_person[n][:k]]
+        labels = np.array([enrolled.index(r["identity"]) for r in picked], np.int32)
+        sub = emb[[r["row"] for r in picked]]
+        for j, r in enumerate(picked):
+            r["row"] = j
+        cfg = GalleryConfig(template_weighting=weighting, target_far=target_far)
+        gallery = make_gallery(cfg, enrolled, sub, labels, picked, recognizer, aligner, "lfw-dev I..K",
+                               held_apart if held else None)
+        m, _ = identification_metrics(gallery, probe_emb, probe_names, new_people)
+        results[label] = {k2.split(".", 1)[1]: v for k2, v in m.items()} | {
+            "calibration_split": gallery.calibration.get("split")}
+    return results
+
+
+def bench_open_set(lfw: Path, recognizer_path: Path, detector: str | None, report: dict, enrol: int = 3,
+                   target_far: float = 0.01, max_people: int = 0) -> None:
+    """Same recognizer, center crop vs aligned on the detector's landmarks: pairs-dev verification,
+    one-photo vs multi-photo templates with a calibrated threshold, landmark statistics."""
+    from facepipe.gallery.align import FaceAligner
+    from facepipe.gallery.build import fallback_crop
+    from facepipe.recognition.embed import Recognizer
+
+    images = lfw / "images"
+    people = sorted(p for p in images.iterdir() if p.is_dir() and p.name[:1].upper() in "IJK")
+    if max_people:  # short mode: every k-th person, so the many-photo people stay in
+        people = people[::max(1, len(people) // max_people)]
+    recognizer = Recognizer.load(str(recognizer_path))
+    crop = fallback_crop(None, recognizer)
+    modes = {"center crop": FaceAligner(None, center_crop=crop)}
+    if detector:
+        modes["aligned"] = FaceAligner(detector, center_crop=crop)
+    out: dict = {}
+    for mode, aligner in modes.items():
+        t = time.perf_counter()
+        emb, rows = embed_people(images, people, recognizer, aligner)
+        row = {"seconds_embedding": round(time.perf_counter() - t, 1), "alignment": aligner.summary()}
+        if not max_people:
+            row["verification"] = pair_verification(lfw / "pairs-dev.txt", emb, rows)
+        if aligner.detector is not None:
+            row["landmarks"] = landmark_report(rows)
+        row["open_set"] = open_set_rows(emb, rows, recognizer, aligner, enrol, target_far)
+        out[mode] = row
+    report["open_set"] = out
+    first = next(iter(out.values()))["open_set"]
+    print(f"\n== lfw-dev I..K open set, {recognizer_path}: {first['enrolled_people']} people with > {enrol} photos, "
+          f"{first['probes']} probes, strangers {first['held_apart_strangers']} held apart (threshold) + "
+          f"{first['test_strangers']} new (FAR) ==")
+    print(f"{'faces':<12}{'gallery':<36}{'rank1':>7}{'DIR@1e-2':>9}{'thresh':>8}{'DIR@thr':>8}{'FAR@thr':>8}")
+    for mode, row in out.items():
+        for label, m in row["open_set"].items():
+            if not isinstance(m, dict):
+                continue
+            print(f"{mode:<12}{label:<36}{m['rank1']:>7.3f}{m['dir_at_far_1e-2']:>9.3f}"
+                  f"{m.get('gallery_threshold', float('nan')):>8.3f}{m.get('dir_at_gallery_threshold', float('nan')):>8.3f}"
+                  f"{m.get('far_at_gallery_threshold', float('nan')):>8.3f}")
+    for mode, row in out.items():
+        v = row.get("verification")
+        if v:
+            print(f"{mode:<12}pairs-dev verification accuracy {v['accuracy']:.4f} AUC {v['auc']:.4f} "
+                  f"TAR@1e-3 {v['tar_at_far_1e-3']:.3f}")
+        a = row["alignment"]
+        print(f"{mode:<12}alignment: {a['alignment.aligned']} aligned on landmarks, {a['alignment.fallback']} "
+              f"center-cropped (rate {a['alignment.fallback_rate']})")
+        if "landmarks" in row:
+            lm = row["landmarks"]
+            print(f"{mode:<12}landmarks: face found in {lm['face_found']:.3f} of {lm['photos']} photos; all 5 "
+                  f"landmarks inside the face box {lm['landmarks_inside_box']:.3f}; plausible (aligned) "
+                  f"{lm['aligned_on_landmarks']:.3f}")
+    if len(out) == 2:
+        crop_row, al = out["center crop"], out["aligned"]
+        key = f"{enrol} photos norm-weighted"
+        delta = al["open_set"][key]["dir_at_far_1e-2"] - crop_row["open_set"][key]["dir_at_far_1e-2"]
+        line = f"alignment alone (same recognizer): DIR@1e-2 {delta:+.3f}"
+        if "verification" in al:
+            line += f", verification accuracy {al['verification']['accuracy'] - crop_row['verification']['accuracy']:+.4f}"
+        print(line)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000", help="exact-search gallery sizes")
@@ -232,6 +379,11 @@ def main() -> int:
     parser.add_argument("--recognizer", help="recognizer model.pt for the lfw-dev part (e.g. bench/lfw_dev.py's)")
     parser.add_argument("--detector", help="detector model.pt to align lfw-dev photos (default: center crop)")
     parser.add_argument("--lfw", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw-dev"))
+    parser.add_argument("--enrol", type=int, default=3, help="open set: photos per enrolled person's template")
+    parser.add_argument("--target-far", type=float, default=0.01, dest="target_far",
+                        help="open set: FAR the gallery threshold is calibrated for on held-apart strangers")
+    parser.add_argument("--max-people", type=int, default=0, dest="max_people",
+                        help="open set short mode: about this many I..K people (0: all; skips pairs-dev)")
     parser.add_argument("--out", default="bench_gallery_out")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -252,7 +404,10 @@ def main() -> int:
         if not (lfw / "images").is_dir():
             print(f"lfw-dev not found at {lfw}: real-photo part skipped", file=sys.stderr)
         else:
-            bench_lfw(lfw, Path(args.recognizer), out, args.detector, report)
+            if not args.max_people:
+                bench_lfw(lfw, Path(args.recognizer), out, args.detector, report)
+            bench_open_set(lfw, Path(args.recognizer), args.detector, report, args.enrol, args.target_far,
+                           args.max_people)
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     (out / "gallery_bench.json").write_text(json.dumps(report, indent=2))
     print(f"\npeak RSS {report['peak_rss_mb']:.0f} MB; results in {out / 'gallery_bench.json'}")

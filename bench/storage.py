@@ -1,16 +1,22 @@
-"""Bench: a 500 MB model folder up and down through facepipe.storage vs plain boto3 upload_file/download_file.
+"""Bench: a 500 MB model folder up and down through facepipe.storage vs plain boto3 upload_file/download_file,
+and a 200 MB training checkpoint uploaded by the training engine vs boto3 upload_file of its shard.
 
 Both go to the same local S3 server (nanio: SigV4-checking, file-backed; or moto with --server moto).
 The reference is what a script would do without the storage layer: one boto3 `upload_file` /
 `download_file` per file, in a loop, default transfer settings. The storage layer also hashes every
 file (sha256), writes and verifies the manifest. Goal: ratio >= 1.0x both ways.
 
-    .venv/bin/python bench/storage.py [--mb 500] [--small 400] [--server nanio|moto] [--repeat 1]
+Checkpoint: `Checkpoints.save` with a `checkpoint_uri` on the server (the local save, then the upload in
+the background, manifest last) until `close()`, against `upload_file` of the same shard; and how long
+`save` keeps training waiting with the upload against without one (goal: about the same).
+
+    .venv/bin/python bench/storage.py [--mb 500] [--small 400] [--checkpoint-mb 200] [--server nanio|moto]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -58,6 +64,52 @@ def plain_download(client, bucket: str, prefix: str, dest: Path) -> None:
             client.download_file(bucket, obj["Key"], str(target))
 
 
+def checkpoint_upload(work: Path, client, mb: int) -> None:
+    """One checkpoint of `mb` MB of weights through the engine's code path vs boto3 upload_file."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from facepipe.training.checkpoint import Checkpoints
+    from facepipe.training.loop import TrainState
+
+    ctx = SimpleNamespace(rank=0, world=1, main=True, device=torch.device("cpu"), barrier=lambda: None,
+                          broadcast=lambda v: v)
+    weights = torch.nn.Linear(1000, mb * 250, bias=False)  # 4-byte floats: mb * 1e6 bytes
+    state = TrainState(step=100)
+    local_only = Checkpoints(work / "ckpt-local", ctx, {}, ())
+    stall_local = timed(lambda: local_only.save({"model": weights}, state))
+    mirrored = Checkpoints(work / "ckpt-mirrored", ctx, {}, (), uri="s3://bench/checkpoints/run")
+    t0 = time.perf_counter()
+    mirrored.save({"model": weights}, state)
+    stall_mirrored = time.perf_counter() - t0
+    mirrored.close()
+    ours = time.perf_counter() - t0
+    shard = work / "ckpt-local" / "checkpoints" / "step-000000100" / "rank0.pt"
+    size = shard.stat().st_size / 1e6
+    plain = timed(lambda: client.upload_file(str(shard), "bench", "plain-checkpoint/rank0.pt"))
+    print(f"checkpoint {size:.0f} MB: boto3 upload_file of the shard       : {plain:.2f} s")
+    print(f"checkpoint {size:.0f} MB: engine save + upload to checkpoint_uri: {ours:.2f} s "
+          f"(of which the local save {stall_local:.2f} s)  ratio {(stall_local + plain) / ours:.2f}x against "
+          f"a local save then upload_file (goal >= 1.0x)")
+    print(f"checkpoint {size:.0f} MB: training waits {stall_mirrored:.2f} s in save with the upload, "
+          f"{stall_local:.2f} s without one (the upload runs in the background)")
+
+
+@contextlib.contextmanager
+def bench_server(prefix: str, kind: str = "nanio"):
+    """A local S3 server and a scratch folder for one bench run, both gone afterwards."""
+    from tests.fixtures.services import S3Server
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    server = S3Server.start_nanio(work / "s3") if kind == "nanio" else S3Server.start_moto(work / "s3")
+    try:
+        yield server, work
+    finally:
+        server.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -70,14 +122,12 @@ def main() -> int:
     ap.add_argument("--small", type=int, default=400, help="number of 64 KB files")
     ap.add_argument("--server", choices=["nanio", "moto"], default="nanio")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--checkpoint-mb", type=int, default=200, help="checkpoint size (0: skip that part)")
     args = ap.parse_args()
 
     from facepipe import storage
-    from tests.fixtures.services import S3Server
 
-    work = Path(tempfile.mkdtemp(prefix="facepipe-bench-storage-"))
-    server = S3Server.start_nanio(work / "s3") if args.server == "nanio" else S3Server.start_moto(work / "s3")
-    try:
+    with bench_server("facepipe-bench-storage-", args.server) as (server, work):
         os.environ.update(server.aws_env())
         client = server.client()
         server.create_bucket("bench")
@@ -106,9 +156,8 @@ def main() -> int:
               f"ratio {down_plain / down_ours:.2f}x (goal >= 1.0x)")
         print("(facepipe.storage also computes sha256 of every file, writes the manifest last on upload "
               "and verifies every file against it on download)")
-    finally:
-        server.shutdown()
-        shutil.rmtree(work, ignore_errors=True)
+        if args.checkpoint_mb:
+            checkpoint_upload(work, client, args.checkpoint_mb)
     return 0
 
 

@@ -36,6 +36,9 @@ from images.base import BASE_IMAGE, BaseImageError, ensure_base
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
 DEFAULT_LOCK = HERE / "images.lock.json"
+# CUDA torch from PyPI pulls its CUDA runtime as wheels (nvidia-*, triton) that the CPU development
+# environment, and so requirements.lock, never has: their pins live here, read for TORCH_VARIANT=cuda.
+CUDA_LOCK = HERE / "requirements-cuda.lock"
 CACHE = PROJECT / ".cache" / "images"
 MANIFEST_TYPES = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -98,16 +101,30 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def variant_pins(variant: str, pins: dict[str, str], cuda_lock: Path = CUDA_LOCK) -> dict[str, str]:
+    """requirements.lock's pins plus, for the CUDA variant, those of the CUDA runtime wheels."""
+    if variant != "cuda" or not cuda_lock.exists():
+        return pins
+    extra = read_lock(cuda_lock)
+    clash = sorted(n for n in extra if n in pins and pins[n] != extra[n])
+    if clash:
+        raise ImageBuildError(f"{cuda_lock}: pins {', '.join(f'{n}=={extra[n]}' for n in clash)}, which "
+                              f"requirements.lock pins otherwise; keep one version of each package")
+    return {**pins, **extra}
+
+
 def torch_spec(variant: str, lock: dict[str, str], override: str | None) -> str:
     """The torch requirement for a variant: CPU is the '+cpu' build of the locked version, CUDA the
-    default Linux build on PyPI (CUDA-enabled) of the same version."""
+    default Linux build on PyPI (CUDA-enabled) of the same version, asked for with `===`: under
+    PEP 440 `torch==2.13.0` also matches `2.13.0+cpu` (and pip prefers it where a find-links folder
+    holds it, as on the development machines), which would put CPU torch into the CUDA image."""
     if override:
         return override
     version = lock.get("torch")
     if not version:
         raise ImageBuildError("requirements.lock pins no torch version (needed for facepipe-train)")
     base = version.split("+", 1)[0]
-    return f"torch=={base}+cpu" if variant == "cpu" else f"torch=={base}"
+    return f"torch=={base}+cpu" if variant == "cpu" else f"torch==={base}"
 
 
 def pip(args: list[str], what: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -125,7 +142,8 @@ def resolve(spec: ImageSpec, lock_path: Path, lock: dict[str, str], torch_req: s
     Resolving takes pip tens of seconds; the answer depends only on the lock, the .in files and the
     torch spec, so it is kept under a key made of those.
     """
-    key_src = [lock_path.read_bytes(), (torch_req or "").encode()]
+    key_src = [lock_path.read_bytes(), (torch_req or "").encode(),
+               CUDA_LOCK.read_bytes() if CUDA_LOCK.exists() else b""]
     for f in sorted(HERE.glob("*.in")):
         key_src.append(f.read_bytes())
     key = hashlib.sha256(b"\0".join(key_src)).hexdigest()[:16]
@@ -151,11 +169,18 @@ def resolve(spec: ImageSpec, lock_path: Path, lock: dict[str, str], torch_req: s
     unpinned = sorted(n for n in closure if n not in lock)
     if unpinned:
         raise ImageBuildError(f"{spec.name} needs packages that {lock_path} does not pin: "
-                              f"{', '.join(f'{n}=={closure[n]}' for n in unpinned)}; add them to the lock")
+                              f"{', '.join(f'{n}=={closure[n]}' for n in unpinned)}; add them to the lock "
+                              f"(CUDA torch's runtime wheels, nvidia-* and triton, to {CUDA_LOCK.name})")
     tmp = cached.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(closure, indent=1, sort_keys=True))
     os.replace(tmp, cached)
     return closure
+
+
+def pin_line(name: str, version: str) -> str:
+    """The requirement that fetches exactly this wheel: torch without a local label by `===`, so a
+    `+cpu` build on the find-links path does not stand in for the CUDA one (torch_spec)."""
+    return f"{name}==={version}" if name == "torch" and "+" not in version else f"{name}=={version}"
 
 
 def wheel_name_version(path: Path) -> tuple[str, str]:
@@ -170,7 +195,7 @@ def fetch_wheels(closure: dict[str, str], cache: Path, work: Path) -> dict[str, 
     missing = {n: v for n, v in closure.items() if (n, v) not in have}
     if missing:
         reqs = work / "missing.txt"
-        reqs.write_text("".join(f"{n}=={v}\n" for n, v in sorted(missing.items())))
+        reqs.write_text("".join(pin_line(n, v) + "\n" for n, v in sorted(missing.items())))
         fetched = work / "fetched"
         pip(["wheel", "--no-deps", "--quiet", "--wheel-dir", str(fetched), "-r", str(reqs)],
             f"fetching wheels for {', '.join(sorted(missing))}")
@@ -440,6 +465,9 @@ class BuildRun:
         cache = CACHE / "work"
         treq = torch_spec(self.torch_variant, self.pins, self.torch_override) if spec.torch else None
         closure = resolve(spec, self.requirements_lock, self.pins, treq, cache)
+        if spec.torch and self.torch_variant == "cuda" and "+cpu" in closure.get("torch", ""):
+            raise ImageBuildError(f"TORCH_VARIANT=cuda resolved torch {closure['torch']}, a CPU build; "
+                                  f"give the CUDA one with --torch-spec 'torch===VERSION'")
         shared = closure if name == SHARED else resolve(IMAGES[SHARED], self.requirements_lock, self.pins, None, cache)
         missing = sorted(set(shared) - set(closure))
         if missing:
@@ -525,10 +553,10 @@ def build_images(registry: str, push: bool = True, lock_out: Path = DEFAULT_LOCK
     if unknown:
         raise ImageBuildError(f"unknown image {unknown}; known: {', '.join(IMAGES)}")
     if torch_variant not in ("cpu", "cuda"):
-        raise ImageBuildError(f"--torch-variant must be cpu or cuda, got {torch_variant!r}")
+        raise ImageBuildError(f"--torch-variant (env TORCH_VARIANT) must be cpu or cuda, got {torch_variant!r}")
     if not requirements_lock.exists():
         raise ImageBuildError(f"{requirements_lock}: no such file (the pinned versions)")
-    pins = read_lock(requirements_lock)
+    pins = variant_pins(torch_variant, read_lock(requirements_lock))
     previous = read_images_lock(lock_out)
     recorded = previous.get("images", {}) if previous.get("registry") == record_registry else {}
     try:
@@ -557,11 +585,18 @@ def build_images(registry: str, push: bool = True, lock_out: Path = DEFAULT_LOCK
     if push:
         entries = dict(recorded)
         for o in outcomes:
-            entries[o.name] = {"tag": o.tag, "digest": o.digest,
-                               "reference": f"{record_registry}/{o.name}@{o.digest}"}
+            entries[o.name] = lock_entry(o, record_registry, torch_variant)
         write_images_lock(lock_out, record_registry, entries)
         print(f"wrote {lock_out}", flush=True)
     return outcomes
+
+
+def lock_entry(outcome: Outcome, registry: str, torch_variant: str) -> dict:
+    """One image's line in the images lock; `torch_variant` is what pipeline.compile checks GPU steps
+    against (cpu | cuda; none for an image without torch)."""
+    return {"tag": outcome.tag, "digest": outcome.digest,
+            "reference": f"{registry}/{outcome.name}@{outcome.digest}",
+            "torch_variant": torch_variant if IMAGES[outcome.name].torch else "none"}
 
 
 def summary(outcomes: list[Outcome]) -> str:
@@ -576,7 +611,8 @@ def summary(outcomes: list[Outcome]) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
+def arg_parser() -> argparse.ArgumentParser:
+    """The command line; TORCH_VARIANT / TORCH_SPEC from the environment are the defaults (make passes them)."""
     p = argparse.ArgumentParser(prog="python -m images.build", description=__doc__.splitlines()[0])
     p.add_argument("--registry", required=True, help="HOST[:PORT]/NAMESPACE, e.g. swr.cn-north-4.myhuaweicloud.com/facepipe")
     p.add_argument("--no-push", action="store_true", help="build (and tag) only; the lock is not touched")
@@ -592,7 +628,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-tar", type=Path, help="reuse/keep the base root file system tarball here")
     p.add_argument("--source", type=Path, default=PROJECT,
                    help="source tree (pyproject.toml + src/) to build the facepipe wheel from (default: this checkout)")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = arg_parser().parse_args(argv)
     try:
         outcomes = build_images(a.registry, push=not a.no_push, lock_out=a.lock, requirements_lock=a.requirements,
                                 names=a.image, torch_variant=a.torch_variant, torch_override=a.torch_spec,

@@ -11,6 +11,7 @@ that registry with a temporary lock; both are stopped by PID afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -31,23 +32,32 @@ def run(args: list[str], env: dict) -> int:
     return subprocess.run(cmd, cwd=PROJECT, env=env).returncode
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+@contextlib.contextmanager
+def docker_env(log=print):
+    """The environment for `--runner docker`: the configured engine as it is, else a sandbox engine and
+    registry with the images pushed there (FACEPIPE_IMAGES_LOCK names them), stopped by PID on exit."""
     if engine_answers(dict(os.environ)):
-        return run(args, dict(os.environ))
+        yield dict(os.environ)
+        return
     root = Path(tempfile.mkdtemp(prefix="fp-demo-", dir="/tmp"))
     box = Sandbox(root, die_with_parent=True)
     try:
         box.start()
-        print(f"[demo-containers] no Docker engine configured: sandbox engine and registry started in {root}")
+        log(f"[demo-containers] no Docker engine configured: sandbox engine and registry started in {root}")
         subprocess.run([sys.executable, "-m", "images.base"], cwd=PROJECT, env=box.env, check=True)
         lock = root / "images.lock.json"
         subprocess.run(["make", "--no-print-directory", "push-images", f"REGISTRY={box.registry_host}/facepipe",
                         f"IMAGES_LOCK={lock}"], cwd=PROJECT, env=box.env, check=True)
-        return run(args, {**box.env, "FACEPIPE_IMAGES_LOCK": str(lock)})
+        yield {**box.env, "FACEPIPE_IMAGES_LOCK": str(lock)}
     finally:
         box.stop()
         box.remove()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    with docker_env() as env:
+        return run(args, env)
 
 
 if __name__ == "__main__":

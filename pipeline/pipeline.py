@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+from dataclasses import dataclass
+
 from kfp import dsl, kubernetes
 
+from facepipe.data.shards import UNPACK_DIR_ENV
 from facepipe.orchestration.params import RUN_PARAMETERS, pipeline_parameters, step_parameters
-from facepipe.steps import PIPELINE_STEPS, STEPS, Step
+from facepipe.steps import CPU_TORCH_ALLOWED_ENV, PIPELINE_STEPS, STEPS, Step
 from pipeline import run_tasks
 
 PIPELINE_NAME = "facepipe"
@@ -41,24 +45,80 @@ SECRETS = {
                         "MLFLOW_S3_ENDPOINT_URL"],
 }
 ACCELERATOR = "nvidia.com/gpu"
+# The image pull secret every task names (`kubectl create secret docker-registry`, docs/pipeline.md);
+# a compile option, since the spec has no pipeline parameter for it.
+PULL_SECRET_ENV = "FACEPIPE_IMAGE_PULL_SECRET"
+DEFAULT_PULL_SECRET = "swr-pull"
+# Where the KFP launcher puts an s3:// pipeline root's artifacts inside the container (kfp.dsl's
+# _S3_LOCAL_MOUNT_PREFIX): the task's disk volume is mounted there.
+ARTIFACT_MOUNT = "/s3"
 ARTIFACT_TYPES = {"dataset": dsl.Dataset, "model": dsl.Model, "artifact": dsl.Artifact}
 
 
-def _cluster_settings(task: dsl.PipelineTask, step: Step) -> dsl.PipelineTask:
+@dataclass(frozen=True)
+class ClusterOptions:
+    """What `python -m pipeline.compile` decides about the cluster the spec is for."""
+
+    pull_secret: str = DEFAULT_PULL_SECRET  # "" = none (public images)
+    allow_cpu_torch_on_gpu: bool = False
+    # For the GPU tasks only: node labels to match ((key, value), ...) and taints to tolerate
+    # ((key, effect), ...; operator Exists), e.g. a GPU node pool's label and its nvidia.com/gpu taint.
+    gpu_node_selector: tuple[tuple[str, str], ...] = ()
+    gpu_tolerations: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_env(cls, **given) -> "ClusterOptions":
+        secret = given.pop("pull_secret", None)
+        if secret is None:
+            secret = os.environ.get(PULL_SECRET_ENV, DEFAULT_PULL_SECRET)
+        return cls(pull_secret=secret, **given)
+
+
+def _pod_settings(task: dsl.PipelineTask, step: Step, options: ClusterOptions) -> None:
+    """/dev/shm, the artifact disk and GPU node placement: what a step's pod needs beyond requests,
+    secrets and the pull secret (_environment)."""
+    if step.resources.shm:
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                   size_limit=step.resources.shm)
+    if step.resources.disk:
+        # kfp 2.17 cannot request ephemeral-storage (kubeflow/pipelines#11137, #13965 open). An
+        # emptyDir of the step's size over the launcher's artifact folder bounds what the task may
+        # write there (evicted beyond it instead of filling the node). Not a generic ephemeral
+        # volume: a fresh claim's root belongs to root, and the launcher runs as the image's uid 1000.
+        kubernetes.empty_dir_mount(task, volume_name="artifact-disk", mount_path=ARTIFACT_MOUNT,
+                                   size_limit=step.resources.disk)
+        task.set_env_variable(UNPACK_DIR_ENV, ARTIFACT_MOUNT)  # extracted data shards land there too
+    if step.resources.gpus:
+        for key, value in options.gpu_node_selector:
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for key, effect in options.gpu_tolerations:
+            kubernetes.add_toleration(task, key=key, operator="Exists", effect=effect)
+    if step.resources.gpus and options.allow_cpu_torch_on_gpu:
+        # The trainers' device check (facepipe.training.context) then lets device=auto use CPU.
+        task.set_env_variable(CPU_TORCH_ALLOWED_ENV, "1")
+
+
+def _cluster_settings(task: dsl.PipelineTask, step: Step, options: ClusterOptions) -> dsl.PipelineTask:
     task.set_cpu_request(step.resources.cpu).set_memory_request(step.resources.memory)
     if step.resources.gpus:
         task.set_accelerator_type(ACCELERATOR).set_accelerator_limit(step.resources.gpus)
-    # Transient failures (preempted node, object store hiccup) get retried; training resumes
-    # from its checkpoint (FACEPIPE_SCRATCH_DIR on a volume) instead of starting over.
+    # Transient failures (preempted node, object store hiccup) get retried; training resumes from
+    # the checkpoints it uploaded under the pipeline root instead of starting over. KFP's retry policy
+    # cannot skip an exit code, so a ConfigError's retry is made to fail at once by the step itself
+    # (facepipe.orchestration.attempts): its backoff wait (60 s, then 120 s) is all it costs.
     task.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0, backoff_max_duration="900s")
-    _environment(task)
+    _environment(task, options)
     task.set_display_name(step.name.replace("_", "-"))
+    _pod_settings(task, step, options)
     return task
 
 
-def _environment(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """What every task reads from its pod: credentials from the secrets, and the KFP run id from the
-    pod's label (not a task input, so caching still works): the tasks find the MLflow parent by it."""
+def _environment(task: dsl.PipelineTask, options: ClusterOptions) -> dsl.PipelineTask:
+    """What every task (step or light) needs from its pod: the image pull secret, credentials from
+    the secrets, and the KFP run id from the pod's label (not a task input, so caching still
+    works): the tasks find the MLflow parent by it."""
+    if options.pull_secret:
+        kubernetes.set_image_pull_secrets(task, [options.pull_secret])
     for secret, keys in SECRETS.items():
         kubernetes.use_secret_as_env(task, secret_name=secret,
                                      secret_key_to_env={k: k for k in keys}, optional=True)
@@ -67,57 +127,58 @@ def _environment(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
-def _light_settings(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
+def _light_settings(task: dsl.PipelineTask, name: str, options: ClusterOptions) -> dsl.PipelineTask:
     """A run-level task: small, never cached (it acts for this run), retried on transient failures."""
     task.set_cpu_request("0.5").set_memory_request("1G").set_caching_options(False)
     task.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="300s")
     task.set_display_name(name)
-    return _environment(task)
+    return _environment(task, options)
 
 
 def _step_values(values: dict, step: str) -> dict:
     return {p.name: values[p.name] for p in step_parameters(step)}
 
 
-def _begin(values: dict) -> dsl.PipelineTask:
-    return _light_settings(run_tasks.begin_component()(**values), "begin-run")
+def _begin(values: dict, options: ClusterOptions) -> dsl.PipelineTask:
+    return _light_settings(run_tasks.begin_component()(**values), "begin-run", options)
 
 
-def _data_digest(values: dict) -> dsl.PipelineTask:
-    return _light_settings(run_tasks.data_digest_component()(data_uri=values["data_uri"]), "data-digest")
+def _data_digest(values: dict, options: ClusterOptions) -> dsl.PipelineTask:
+    task = run_tasks.data_digest_component()(data_uri=values["data_uri"])
+    return _light_settings(task, "data-digest", options)
 
 
-def _publish(values: dict, artifact, step: str) -> dsl.PipelineTask:
+def _publish(values: dict, artifact, step: str, options: ClusterOptions) -> dsl.PipelineTask:
     task = run_tasks.publish_component()(artifact=artifact, step=step, output_uri=values["output_uri"])
-    return _light_settings(task, f"publish-{step.replace('_', '-')}")
+    return _light_settings(task, f"publish-{step.replace('_', '-')}", options)
 
 
-def _publish_all(values: dict, outputs: dict[str, object]) -> None:
+def _publish_all(values: dict, outputs: dict[str, object], options: ClusterOptions) -> None:
     """A publish task per step output, only when there is a target (else no artifact is downloaded);
     synth's images only when synthesized (given data is already where it came from)."""
     with dsl.If(values["output_uri"] != "", name="publish"):
         for step, artifact in outputs.items():
             if step in HOSTED:
                 with dsl.If(values["data_uri"] == "", name=f"publish-{step}-when-synthesized"):
-                    _publish(values, artifact, step)
+                    _publish(values, artifact, step, options)
             else:
-                _publish(values, artifact, step)
+                _publish(values, artifact, step, options)
 
 
-def _record(lineages: dict) -> dsl.PipelineTask:
+def _record(lineages: dict, options: ClusterOptions) -> dsl.PipelineTask:
     task = run_tasks.record_component(tuple(lineages))(**{f"{t}_lineage": v for t, v in lineages.items()})
-    return _light_settings(task, "record-run")
+    return _light_settings(task, "record-run", options)
 
 
-def _finish() -> dsl.PipelineTask:
+def _finish(options: ClusterOptions) -> dsl.PipelineTask:
     task = run_tasks.finish_component(tuple(TASKS))()
-    return _light_settings(task, "finish-run")
+    return _light_settings(task, "finish-run", options)
 
 
-def _body(values: dict) -> None:
-    with dsl.ExitHandler(_finish(), name="facepipe-run"):
-        begin = _begin(values)
-        digest = _data_digest(values)
+def _body(values: dict, options: ClusterOptions) -> None:
+    with dsl.ExitHandler(_finish(options), name="facepipe-run"):
+        begin = _begin(values, options)
+        digest = _data_digest(values, options)
         artifacts: dict = {}  # artifact name -> the task output that carries it
         outputs: dict = {}    # step -> its output artifact, to publish
         lineages: dict = {}   # task -> its lineage output
@@ -130,21 +191,22 @@ def _body(values: dict) -> None:
                 inputs.update(data_uri=values["data_uri"], data_digest=digest.output)
             else:
                 inputs = _step_values(values, name) | {p.artifact: artifacts[p.artifact] for p in step.inputs}
-            task = _cluster_settings(component(**inputs), step).after(begin)
+            task = _cluster_settings(component(**inputs), step, options).after(begin)
             artifacts.update({STEPS[s].output: task.outputs[STEPS[s].output] for s in hosted + [name]})
             outputs.update({s: task.outputs[STEPS[s].output] for s in hosted + [name]})
             lineages[name] = task.outputs["lineage"]
-        _publish_all(values, outputs)
-        _record(lineages)
+        _publish_all(values, outputs, options)
+        _record(lineages, options)
 
 
-def build_pipeline():
+def build_pipeline(options: ClusterOptions | None = None):
     """The pipeline function, its signature generated from the step configs."""
+    options = options or ClusterOptions.from_env()
     params = pipeline_parameters(PIPELINE_STEPS)
     names = [p.name for p in params]
 
     def facepipe(*args):
-        _body(dict(zip(names, args)))
+        _body(dict(zip(names, args)), options)
 
     facepipe.__signature__ = inspect.Signature(
         [inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default,

@@ -48,8 +48,14 @@ def test_component_synthesizes_and_packs_through_kfp_local(kfp_local):
     task = pack(**step_values("synth", **TINY_SYNTH), **step_values("pack", size=64),
                 data_uri="", data_digest="")
     images, records = Path(task.outputs["images"].path), Path(task.outputs["records"].path)
-    assert len(list((images / "faces").iterdir())) == TINY_SYNTH["identities"]
-    assert (images / "detection" / "train" / "label.txt").exists()
+    # The tree leaves the task as one shard per folder (facepipe.data.shards), not file by file.
+    assert sorted(p.name for p in images.glob("*.tar")) == ["detection.tar", "faces.tar", "faces_eval.tar"]
+    assert not [p for p in images.iterdir() if p.is_dir()]
+    from facepipe.data.shards import unsharded
+
+    with unsharded(images) as tree:
+        assert len(list((Path(tree) / "faces").iterdir())) == TINY_SYNTH["identities"]
+        assert (Path(tree) / "detection" / "train" / "label.txt").exists()
     assert len(packed_faces(records)) == TINY_FACES
     metrics = json.loads(Path(task.outputs["metrics"].path).read_text())
     assert metrics["images_packed"] == task.outputs["metrics"].metadata["images_packed"] == TINY_FACES

@@ -14,7 +14,7 @@ from facepipe.errors import FacepipeError
 from facepipe.steps import STEPS
 
 # The step commands come from the step records; these are the tools around them.
-TOOLS = ["labels", "rec-info", "unpack", "detect", "gallery", "evaluate", "run", "runs", "rerun", "serve", "submit",
+TOOLS = ["labels", "label-faces", "rec-info", "unpack", "detect", "gallery", "evaluate", "run", "runs", "rerun", "compare", "serve", "submit",
          "submit-modelarts", "storage"]
 COMMANDS = [s.command for s in STEPS.values() if s.command] + TOOLS
 

@@ -5,7 +5,8 @@ run_step`) both go through `local_inputs` and `call_step`, so a step gets the sa
 run the same params (the config's own keys, values as given: `device` stays "auto") whichever way it ran.
 Inputs are keyed by the step's port args (`facepipe.steps.Port.arg`); each is a local path or a
 file://, s3://, obs:// URI, and `None` / "none" / "" where the port is optional. Where a port's layout is
-a file (`model.pt`), a model folder and its model.pt both work.
+a file (`model.pt`), a model folder and its model.pt both work; where the artifact is a sharded data
+tree (`facepipe.data.shards`), the step gets the folder extracted.
 """
 
 from __future__ import annotations
@@ -49,8 +50,17 @@ def local_inputs(step: Step, inputs: Mapping[str, Any], quiet: bool = False):
             if uri is None and not port.optional:
                 raise ConfigError(f"step {step.name}: input {port.metavar or port.arg} ({port.arg}) is required")
             model_file = port.layout if PurePosixPath(port.layout).suffix else ""  # a file, not a folder
-            local[port.arg] = uri and fetch(stack, uri, model_file, quiet)
+            local[port.arg] = uri and open_tree(stack, uri, model_file, quiet)
         yield local
+
+
+def open_tree(stack: contextlib.ExitStack, uri: str, model_file: str = "", quiet: bool = False) -> str:
+    """`fetch`, where a sharded data tree (facepipe.data.shards: the pipeline's `images`) or one of
+    its folders (`IMAGES/detection`, stored as `IMAGES/detection.tar`) is extracted for the step."""
+    from facepipe.data.shards import unsharded
+
+    local = fetch(stack, stack.enter_context(unsharded(uri)), model_file, quiet)
+    return stack.enter_context(unsharded(local))  # a sharded tree that was downloaded whole
 
 
 def flat_metrics(result: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -78,14 +88,37 @@ class _SeenMetrics:
         return getattr(self.inner, name)
 
 
-def call_step(step: Step, cfg, inputs: Mapping[str, str | None], out_dir, logger, **options) -> dict:
-    """Log the config as the run's params and, after the step, its result's numbers that it did not
-    log itself by training step: the only place a step run's params and final metrics are logged.
+def log_inputs(step: Step, sources: Mapping[str, Any], local: Mapping[str, str | None], logger) -> None:
+    """Log the step's data inputs (folder ports; models are linked through the registry) as the
+    run's datasets: named by artifact, sourced at the URI as given, with the content digest of the
+    manifest of the facepipe output holding it (the port's folder or the artifact above it)."""
+    from pathlib import Path
+
+    from facepipe.manifest import MANIFEST, content_digest
+
+    for port in step.inputs:
+        path, source = local.get(port.arg), given(sources.get(port.arg))
+        if not path or PurePosixPath(port.layout).suffix or not Path(path).is_dir():
+            continue
+        # A pipeline artifact's subfolder (images/detection) carries no manifest; its artifact does.
+        holder = next((p for p in [Path(path), *Path(path).parents][:len(PurePosixPath(port.layout).parts) + 1]
+                       if (p / MANIFEST).is_file()), None)
+        name = f"{port.artifact}/{port.layout}" if port.layout else port.artifact
+        profile = {"manifest": "yes" if holder else "none (digest of the file names and sizes)"}
+        logger.log_input(name, source or path, "sha256:" + content_digest(holder or path), port.arg, profile)
+
+
+def call_step(step: Step, cfg, inputs: Mapping[str, str | None], out_dir, logger, *,
+              sources: Mapping[str, Any] | None = None, **options) -> dict:
+    """Log the config as the run's params (and the data inputs, `sources` being the URIs the local
+    `inputs` came from) and, after the step, its result's numbers that it did not log itself by
+    training step: the only place a step run's params and final metrics are logged.
     The step runs on every rank of this node where its config's `nproc_per_node` asks for more than one."""
     from facepipe.config import to_dict
     from facepipe.training import launch
 
     logger.log_params(to_dict(cfg))
+    log_inputs(step, sources or inputs, inputs, logger)
     seen = _SeenMetrics(logger)
     if launch.needs_launch(cfg):
         result = launch.launch(step.name, cfg, dict(inputs), str(out_dir), seen, **options)
@@ -124,5 +157,6 @@ def run_command(step_name: str, cfg, inputs: Mapping[str, Any], out: str, *, run
         else:
             out_dir = out if storage.parse_uri(out).is_local else stack.enter_context(tempfile.TemporaryDirectory())
         logger = stack.enter_context(command_logger(run_name or step_name, run_tags(step_name, inputs, out),
-                                                    enabled=main_process))
-        return call_step(step, cfg, local, out_dir, logger, **options)
+                                                    enabled=main_process,
+                                                    entry=f"facepipe {step.command or step_name}"))
+        return call_step(step, cfg, local, out_dir, logger, sources=inputs, **options)

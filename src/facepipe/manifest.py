@@ -30,10 +30,14 @@ def content_digest(path: str | Path) -> str:
     if not path.is_dir():
         return sha256_file(path)
     if (path / MANIFEST).is_file():
-        listing = json.loads((path / MANIFEST).read_text()).get("files", {})
-    else:
-        listing = sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.is_file())
-    return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
+        return files_digest(json.loads((path / MANIFEST).read_text()).get("files", {}))
+    return files_digest(sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.is_file()))
+
+
+def files_digest(files) -> str:
+    """The digest of a manifest's `files` (name -> sha256, size): the same for a folder and its copies
+    wherever they are, so a remote folder's manifest says which local copy holds the same data."""
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
 def write_manifest(out_dir: str | Path, kind: str, extra: dict | None = None) -> Path:

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 import time
+
+EVERY_ENV = "FACEPIPE_PROGRESS_EVERY_S"  # log-line cadence; `facepipe run` shortens it for its live display
+_LINE = re.compile(r"^(?P<desc>[^|]+?): (?P<n>\d+)(?:/(?P<total>\d+))? (?P<unit>\S+) \| (?P<rate>[0-9.]+) \S+/s"
+                   r"(?: \| ETA (?P<eta>\d+)s)?(?P<rest>(?: \| [^|=]+=[^|]*)*)$")
 
 
 class Progress:
     """`with Progress(total, "packing", unit="img") as p: p.update(n)`.
 
-    On a TTY a tqdm bar; in logs (KFP, CI) one line every `every_s` seconds with done/total,
-    rate and ETA, plus a final line.
+    On a TTY a tqdm bar; in logs (KFP, CI) one line every `every_s` seconds (default 10, or
+    $FACEPIPE_PROGRESS_EVERY_S) with done/total, rate and ETA, plus a final line; `parse_line`
+    reads such a line back (the run display shows the running step's last one).
     """
 
-    def __init__(self, total: int | None, desc: str, unit: str = "it", every_s: float = 10.0,
+    def __init__(self, total: int | None, desc: str, unit: str = "it", every_s: float | None = None,
                  stream=None, enabled: bool = True):
+        if every_s is None:
+            every_s = float(os.environ.get(EVERY_ENV) or 10.0)
         self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
         self.stream = stream or sys.stderr
         self.enabled = enabled
@@ -63,3 +72,14 @@ class Progress:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def parse_line(text: str) -> dict | None:
+    """A log line of `Progress` as {desc, n, total, unit, rate, eta, postfix: {key: text}}; None otherwise."""
+    m = _LINE.match(text.strip())
+    if m is None:
+        return None
+    postfix = dict(part.split("=", 1) for part in m["rest"].split(" | ") if "=" in part)
+    return {"desc": m["desc"], "n": int(m["n"]), "total": int(m["total"]) if m["total"] else None,
+            "unit": m["unit"], "rate": float(m["rate"]), "eta": int(m["eta"]) if m["eta"] else None,
+            "postfix": {k.strip(): v.strip() for k, v in postfix.items()}}

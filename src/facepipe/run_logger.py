@@ -15,6 +15,10 @@ class RunLogger(Protocol):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
+    # An input dataset of the run: its name, where it came from (a URI), its content digest, and
+    # the step argument it fed (MLflow's dataset context); `profile` holds a few facts about it.
+    def log_input(self, name: str, source: str, digest: str, context: str,
+                  profile: Mapping[str, Any] | None = None) -> None: ...
 
 
 class NullLogger:
@@ -24,6 +28,7 @@ class NullLogger:
     def log_metrics(self, metrics, step=None): pass
     def log_artifact(self, path, artifact_path=None): pass
     def set_tags(self, tags): pass
+    def log_input(self, name, source, digest, context, profile=None): pass
 
 
 class MemoryLogger:
@@ -34,6 +39,7 @@ class MemoryLogger:
         self.metrics: list[tuple[str, float, int | None]] = []
         self.artifacts: list[tuple[str, str | None]] = []
         self.tags: dict[str, str] = {}
+        self.inputs: list[dict[str, Any]] = []
 
     def log_params(self, params):
         self.params.update(params)
@@ -46,3 +52,7 @@ class MemoryLogger:
 
     def set_tags(self, tags):
         self.tags.update(tags)
+
+    def log_input(self, name, source, digest, context, profile=None):
+        self.inputs.append({"name": name, "source": source, "digest": digest, "context": context,
+                            "profile": dict(profile or {})})

@@ -15,6 +15,10 @@ from pathlib import PurePosixPath
 
 DATA_IMAGE = "facepipe-data"    # numpy/opencv/kfp, no torch: synth and pack
 TRAIN_IMAGE = "facepipe-train"  # with torch: training, gallery, evaluation, recognize
+# Set by the pipeline on a task given GPUs (`Resources.gpus`) when compiled with
+# --allow-cpu-torch-on-gpu; the trainers' device check (facepipe.training.context) then lets
+# device=auto run on CPU in a GPU pod.
+CPU_TORCH_ALLOWED_ENV = "FACEPIPE_ALLOW_CPU_TORCH"
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,12 @@ class Resources:
     cpu: str = "2"
     memory: str = "4G"
     gpus: int = 0
+    # Local disk for the task's input and output artifacts (the launcher copies them there) and its
+    # scratch: a Kubernetes quantity, sized for the data the step reads; "" = the node's own disk.
+    disk: str = ""
+    # /dev/shm for DataLoader worker processes (they hand batches over through shared memory, and a
+    # container's default 64 MB runs out); "" = the default.
+    shm: str = ""
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,9 @@ class Step:
     seed_script: str = ""            # the seed's ModelArts script this step replaces
     in_pipeline: bool = True
     help: str = ""
+    # What `facepipe run` shows of a finished step: (metric key, label); a key with `*` is a
+    # pattern whose matches show under their own names (validation targets vary by config).
+    headline: tuple[tuple[str, str], ...] = ()
 
     def config_class(self):
         return _resolve(self.config)
@@ -94,30 +107,37 @@ STEPS: dict[str, Step] = {
              command="synth", help="procedural faces (identity folders) and detection scenes (label.txt)"),
         Step("pack", "facepipe.data.pack:PackConfig", "facepipe.data.pack:pack",
              inputs=(Port("src", "images", "faces", "SRC", "identity folders or a .lst"),),
-             output="records", image=DATA_IMAGE, resources=Resources("4", "8G"), command="pack",
-             help="identity folders or a .lst -> MXNet RecordIO (.rec/.idx/.lst/property)"),
+             output="records", image=DATA_IMAGE, resources=Resources("4", "8G", disk="100Gi"), command="pack",
+             help="identity folders or a .lst -> MXNet RecordIO (.rec/.idx/.lst/property)",
+             headline=(("images_packed", "images"), ("identities_packed", "identities"))),
         Step("train_detection", "facepipe.detection.config:DetectionTrainConfig",
              "facepipe.detection.train:train_detection",
              inputs=(Port("data_dir", "images", "detection", "DATA_PATH", "label.txt trees (train/, val/)"),),
-             output="detector", output_kind="model", resources=Resources("8", "32G", 1),
+             output="detector", output_kind="model", resources=Resources("8", "32G", 1, "100Gi", "8Gi"),
              registered_model="facepipe-detector", command="train-detection",
-             seed_script="run_face_detection_train.sh", help="train a RetinaFace detector"),
+             seed_script="run_face_detection_train.sh", help="train a RetinaFace detector",
+             headline=(("train.final_loss", "loss"), ("val.ap50", "val AP50"), ("train.images_per_s", "images/s"))),
         Step("train_recognition", "facepipe.recognition.config:RecognitionTrainConfig",
              "facepipe.recognition.train:train_recognition",
              inputs=(Port("data_dir", "records", metavar="DATA_PATH", help="a packed RecordIO folder"),),
-             output="recognizer", output_kind="model", resources=Resources("8", "32G", 1),
+             output="recognizer", output_kind="model", resources=Resources("8", "32G", 1, "50Gi", "8Gi"),
              registered_model="facepipe-recognizer", command="train-recognition",
-             seed_script="run_face_recognition_train.sh", help="train an ArcFace-family recognizer"),
+             seed_script="run_face_recognition_train.sh", help="train an ArcFace-family recognizer",
+             headline=(("train.loss", "loss"), ("train.accuracy", "train acc"), ("*.accuracy", ""),
+                       ("train.samples_per_s", "samples/s"))),
         Step("build_gallery", "facepipe.gallery.build:GalleryConfig", "facepipe.gallery.build:build_gallery",
              inputs=(Port("data_dir", "images", "faces", "DATA_PATH", "identity folders to enrol"),
                      _DETECTOR, _RECOGNIZER),
-             output="gallery", resources=Resources("4", "16G", 1), registered_model="facepipe-recognize",
+             output="gallery", resources=Resources("4", "16G", 1, "100Gi"), registered_model="facepipe-recognize",
              command="build-gallery",
-             seed_script="run_generate_data_base.sh", help="enrol identity folders into a gallery"),
+             seed_script="run_generate_data_base.sh", help="enrol identity folders into a gallery",
+             headline=(("identities", "identities"), ("enrolled_images", "images"))),
         Step("evaluate", "facepipe.evaluation.pipeline_eval:EvaluateConfig",
              "facepipe.evaluation.pipeline_eval:evaluate_pipeline",
              inputs=(_DATA, _DETECTOR, _RECOGNIZER, _GALLERY), output="evaluation", output_kind="artifact",
-             resources=Resources("4", "16G"), help="score detector, recognizer and gallery on held-out data"),
+             resources=Resources("4", "16G", disk="100Gi"), help="score detector, recognizer and gallery on held-out data",
+             headline=(("verification.accuracy", "verification acc"), ("identification.rank1", "rank-1"),
+                       ("detection.ap50", "AP50"))),
         Step("recognize", "facepipe.gallery.recognize:RecognizeConfig", "facepipe.gallery.recognize:recognize",
              inputs=(Port("data_dir", "images", metavar="DATA_PATH", help="an image or a folder of images"),
                      _GALLERY, _DETECTOR, _RECOGNIZER),

@@ -9,6 +9,8 @@ Lineage (used by the orchestration layer): a pipeline run is a parent MLflow run
 pipeline.yaml digest and input data digest); each step is a child run (`start_step_run`) with its
 params, metrics by step and artifacts; trained models are logged as MLflow pyfunc models and
 registered as model versions linked to their run (`log_model`, `register_model`). `find_runs` and `param_diff` answer "which runs" and "what changed".
+Runs carry what the UI's Source, Version and Dataset columns read (`source_tags`, `MlflowLogger.log_input`);
+`ui_url`, `run_url` and `compare_url` are links into the UI that open its model-training view.
 Without MLFLOW_TRACKING_URI everything goes to `default_tracking_uri()`, a sqlite store under
 the project's `runs/` folder (`make mlflow-ui` serves it). Params and tags are redacted of secrets.
 """
@@ -16,6 +18,7 @@ the project's `runs/` folder (`make mlflow-ui` serves it). Params and tags are r
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -58,6 +61,21 @@ class MlflowLogger:
     def log_artifact(self, path, artifact_path=None):
         self._client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_input(self, name, source, digest, context, profile=None):
+        """One input dataset of the run (the runs table's Dataset column): `digest` is cut to
+        MLflow's 36 characters, the whole one stays in the profile beside `profile`'s entries."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        from facepipe.secrets import redact
+
+        source = redact(str(source))
+        dataset = Dataset(name=name[:500], digest=digest.removeprefix("sha256:")[:36],
+                          source_type=_source_type(source), source=json.dumps({"uri": source}),
+                          profile=json.dumps({"digest": digest, **dict(profile or {})}, sort_keys=True))
+        self._client.log_inputs(self.run_id, datasets=[
+            DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+
     def set_tags(self, tags):
         from mlflow.entities import RunTag
 
@@ -69,14 +87,21 @@ class MlflowLogger:
             self._client.log_batch(self.run_id, tags=items[i:i + 100])
 
 
+def _source_type(uri: str) -> str:
+    """The MLflow UI's dataset source types: s3, http, local, or external (obs://, anything else)."""
+    scheme = uri.split("://", 1)[0] if "://" in uri else "file"
+    return {"s3": "s3", "http": "http", "https": "http", "file": "local"}.get(scheme, "external")
+
+
 def tracking_enabled() -> bool:
     return bool(os.environ.get("MLFLOW_TRACKING_URI"))
 
 
 @contextlib.contextmanager
-def command_logger(run_name: str, tags: Mapping[str, str] | None = None, enabled: bool = True):
+def command_logger(run_name: str, tags: Mapping[str, str] | None = None, enabled: bool = True, entry: str = ""):
     """The CLI edges' logger: inside an MLflow run (nested under an active one) when
-    MLFLOW_TRACKING_URI is set and `enabled` (rank 0 of a torchrun job), else a NullLogger."""
+    MLFLOW_TRACKING_URI is set and `enabled` (rank 0 of a torchrun job), else a NullLogger.
+    `entry` is what ran, for the run's Source (default ``facepipe <run_name>``)."""
     if not (enabled and tracking_enabled()):
         yield NullLogger()
         return
@@ -84,8 +109,7 @@ def command_logger(run_name: str, tags: Mapping[str, str] | None = None, enabled
 
     with mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None):
         logger = MlflowLogger()
-        if tags:
-            logger.set_tags(tags)
+        logger.set_tags({**source_tags(entry or f"facepipe {run_name}"), **(tags or {})})
         yield logger
 
 
@@ -94,6 +118,11 @@ def command_logger(run_name: str, tags: Mapping[str, str] | None = None, enabled
 DEFAULT_EXPERIMENT = "facepipe"
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
 STEP_TAG = "facepipe.step"
+# The kind MLflow 3 records for a model-training experiment (its UIs before 3.17 open such an
+# experiment on its runs, not the GenAI overview). 3.17's UI goes by the link instead: `ui_url`.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+COMMIT_ENV = "FACEPIPE_GIT_COMMIT"  # the commit where the code is no git checkout (an image, a wheel)
 
 
 def project_dir() -> Path:
@@ -127,6 +156,8 @@ def _client():
 def _experiment_id(client, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older facepipe or by hand; a chosen kind stays
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     uri = tracking_uri()
     location = None
@@ -134,7 +165,8 @@ def _experiment_id(client, name: str) -> str:
         # Keep a local store's artifacts beside its database, not in the caller's working dir.
         location = (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:
         exp = client.get_experiment_by_name(name)  # created meanwhile by a parallel step
         if exp is None:
@@ -149,7 +181,8 @@ def _clean_tags(tags: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 def git_commit(root: str | Path | None = None) -> str:
-    """The checkout's HEAD commit (with ``-dirty`` for uncommitted changes), or "" outside git."""
+    """The checkout's HEAD commit (with ``-dirty`` for uncommitted changes); outside git,
+    $FACEPIPE_GIT_COMMIT (what `facepipe run` passes into its step containers), else ""."""
     import subprocess
 
     cwd = str(root or project_dir())
@@ -157,12 +190,23 @@ def git_commit(root: str | Path | None = None) -> str:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                                 timeout=10).stdout.strip()
         if not commit:
-            return ""
+            return os.environ.get(COMMIT_ENV, "")
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return ""
+        return os.environ.get(COMMIT_ENV, "")
+
+
+def source_tags(entry: str, commit: str | None = None) -> dict[str, str]:
+    """The tags the MLflow UI's Source and Version columns read: what ran (`entry`, e.g.
+    "facepipe run"), LOCAL or JOB (a KFP pod), and the git commit when known."""
+    commit = git_commit() if commit is None else commit
+    tags = {"mlflow.source.name": entry,
+            "mlflow.source.type": "JOB" if os.environ.get("FACEPIPE_KFP_RUN_ID") else "LOCAL"}
+    if commit:
+        tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
+    return tags
 
 
 def start_pipeline_run(experiment: str, tags: Mapping[str, Any] | None = None,
@@ -177,8 +221,8 @@ def start_pipeline_run(experiment: str, tags: Mapping[str, Any] | None = None,
     all_tags = {"facepipe.kind": "pipeline", **_clean_tags(tags)}
     if not all_tags.get("facepipe.git_commit"):
         all_tags["facepipe.git_commit"] = git_commit()
-    if all_tags["facepipe.git_commit"]:
-        all_tags.setdefault("mlflow.source.git.commit", all_tags["facepipe.git_commit"].removesuffix("-dirty"))
+    entry = "pipeline.yaml (KFP)" if all_tags.get("facepipe.kfp_run_id") else "facepipe run"
+    all_tags = {**source_tags(entry, all_tags["facepipe.git_commit"]), **all_tags}
     name = run_name or all_tags.get("facepipe.kfp_run_id") or all_tags.get("facepipe.local_run_id") or None
     run = client.create_run(_experiment_id(client, experiment), tags=all_tags, run_name=name)
     return run.info.run_id
@@ -195,7 +239,8 @@ def start_step_run(parent_id: str | None, step_name: str, params: Mapping[str, A
         experiment_id = client.get_run(parent_id).info.experiment_id
     else:
         experiment_id = _experiment_id(client, os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
-    all_tags = {STEP_TAG: step_name, "facepipe.kind": "step", **_clean_tags(tags)}
+    all_tags = {**source_tags(f"facepipe {step_name}"), STEP_TAG: step_name, "facepipe.kind": "step",
+                **_clean_tags(tags)}
     if parent_id:
         all_tags[PARENT_TAG] = parent_id
     run = client.create_run(experiment_id, tags=all_tags, run_name=step_name)
@@ -251,6 +296,27 @@ def log_model(run_id: str, kind: str, files: Mapping[str, str | None], name: str
     return register_model(run_id, "model", name)
 
 
+def ui_url(server: str, route: str) -> str:
+    """A link into the MLflow UI at `server` (``http://HOST:PORT``) that opens in its model-training
+    view. MLflow 3.17 picks GenAI or model-training pages from the link's `workflowType` (else the
+    browser's last choice, GenAI at first), not from the experiment's kind tag, so links say it."""
+    sep = "&" if "?" in route else "?"
+    return f"{server.rstrip('/')}/#/{route.strip('/')}{sep}workflowType=machine_learning"
+
+
+def run_url(server: str, experiment_id: str, run_id: str, tab: str = "") -> str:
+    """A run's page; `tab` e.g. ``artifacts`` or ``artifacts/plots/roc.png`` (that file opened)."""
+    return ui_url(server, f"experiments/{experiment_id}/runs/{run_id}/{tab}")
+
+
+def compare_url(server: str, run_ids: list[str], experiment_ids: list[str]) -> str:
+    """The UI's side-by-side view of runs: params (differences highlighted), metrics, tags."""
+    from urllib.parse import quote
+
+    as_list = lambda ids: quote(json.dumps(list(dict.fromkeys(ids)), separators=(",", ":")), safe="")  # noqa: E731
+    return ui_url(server, f"compare-runs?runs={as_list(run_ids)}&experiments={as_list(experiment_ids)}")
+
+
 def find_runs(experiment: str | None = None, *, parent_id: str | None = None, step: str | None = None,
               tags: Mapping[str, str] | None = None, filter_string: str = "", max_results: int = 1000):
     """Runs of an experiment (default: all), newest first, narrowed by parent, step or tag values."""
@@ -276,6 +342,24 @@ def find_runs(experiment: str | None = None, *, parent_id: str | None = None, st
 
 def param_diff(run_a: str, run_b: str) -> dict[str, tuple[str | None, str | None]]:
     """The params that differ between two runs: name -> (value in a, value in b); None = absent."""
-    client = _client()
-    a, b = client.get_run(run_a).data.params, client.get_run(run_b).data.params
+    a, b = run_data(run_a)["params"], run_data(run_b)["params"]
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def run_data(run_id: str, uri: str | None = None) -> dict:
+    """One run's params, metrics (latest values), experiment id and tags, from `uri` (default: ours)."""
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(tracking_uri=uri or tracking_uri()).get_run(run_id)
+    return {"params": dict(run.data.params), "metrics": dict(run.data.metrics),
+            "experiment_id": run.info.experiment_id, "tags": dict(run.data.tags)}
+
+
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `make mlflow-ui` serves the local store
+
+
+def ui_base(uri: str | None = None) -> str:
+    """The MLflow UI of a tracking URI: a tracking server is its own UI; a local store is shown by
+    `make mlflow-ui`."""
+    uri = uri or tracking_uri()
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS

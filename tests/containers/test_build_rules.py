@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from images.build import (ImageBuildError, content_tag, credentials, read_images_lock, read_lock,
-                          split_registry, torch_spec)
+from images.build import (ImageBuildError, Outcome, arg_parser, content_tag, credentials, lock_entry,
+                          main, pin_line, read_images_lock, read_lock, split_registry, torch_spec, variant_pins)
 
 
 def make_context(root: Path, dockerfile: str = "FROM x\n", wheel_time=(2020, 1, 1, 0, 0, 0)) -> Path:
@@ -91,7 +91,10 @@ def test_requirements_lock_errors_name_the_line(tmp_path):
     pins = read_lock(lock)
     assert pins == {"numpy": "2.3.5", "opencv-python-headless": "4.14.0.94", "torch": "2.13.0"}
     assert torch_spec("cpu", pins, None) == "torch==2.13.0+cpu"
-    assert torch_spec("cuda", pins, None) == "torch==2.13.0"
+    # `==2.13.0` would also match the local `2.13.0+cpu` wheel (PEP 440), and pip prefers that one.
+    assert torch_spec("cuda", pins, None) == "torch===2.13.0"
+    assert pin_line("torch", "2.13.0") == "torch===2.13.0"
+    assert pin_line("torch", "2.13.0+cpu") == "torch==2.13.0+cpu" and pin_line("numpy", "2.3.5") == "numpy==2.3.5"
     assert torch_spec("cuda", pins, "torch==2.14.1") == "torch==2.14.1"
 
 
@@ -104,3 +107,46 @@ def test_a_broken_images_lock_is_reported(tmp_path):
     lock.write_text('{"registry": "x/y", "images": []}')
     with pytest.raises(ImageBuildError, match="expected"):
         read_images_lock(lock)
+
+
+def test_torch_variant_comes_from_the_environment_and_defaults_to_cpu(monkeypatch, capsys):
+    monkeypatch.delenv("TORCH_VARIANT", raising=False)
+    assert arg_parser().parse_args(["--registry", "127.0.0.1:5000/x"]).torch_variant == "cpu"
+    monkeypatch.setenv("TORCH_VARIANT", "cuda")
+    assert arg_parser().parse_args(["--registry", "127.0.0.1:5000/x"]).torch_variant == "cuda"
+    assert arg_parser().parse_args(["--registry", "r.example/x", "--torch-variant", "cpu"]).torch_variant == "cpu"
+    monkeypatch.setenv("TORCH_VARIANT", "rocm")  # refused before anything is built
+    assert main(["--registry", "127.0.0.1:5000/x", "--no-push"]) == 2
+    assert "(env TORCH_VARIANT) must be cpu or cuda, got 'rocm'" in capsys.readouterr().err
+
+
+def test_the_images_lock_records_each_images_torch_variant():
+    train = lock_entry(Outcome("facepipe-train", "t" * 32, "sha256:" + "a" * 64), "swr.example.com/ns", "cuda")
+    assert train == {"tag": "t" * 32, "digest": "sha256:" + "a" * 64, "torch_variant": "cuda",
+                     "reference": "swr.example.com/ns/facepipe-train@sha256:" + "a" * 64}
+    data = lock_entry(Outcome("facepipe-data", "d" * 32, "sha256:" + "b" * 64), "swr.example.com/ns", "cuda")
+    assert data["torch_variant"] == "none"  # no torch in it, whatever the variant of the run
+
+
+def test_cuda_runtime_pins_join_the_lock_only_for_the_cuda_variant(tmp_path):
+    pins = {"numpy": "2.3.5", "torch": "2.13.0"}
+    cuda_lock = tmp_path / "requirements-cuda.lock"
+    cuda_lock.write_text("nvidia-cublas-cu12==12.9.1.4\ntriton==3.5.0\n")
+    assert variant_pins("cpu", pins, cuda_lock) == pins
+    assert variant_pins("cuda", pins, cuda_lock) == {**pins, "nvidia-cublas-cu12": "12.9.1.4", "triton": "3.5.0"}
+    assert variant_pins("cuda", pins, tmp_path / "absent.lock") == pins
+    cuda_lock.write_text("numpy==2.0.0\n")
+    with pytest.raises(ImageBuildError, match=r"requirements-cuda.lock: pins numpy==2.0.0"):
+        variant_pins("cuda", pins, cuda_lock)
+    cuda_lock.write_text("triton>=3\n")
+    with pytest.raises(ImageBuildError, match="line 1: expected 'name==version'"):
+        variant_pins("cuda", pins, cuda_lock)
+
+
+def test_the_committed_cuda_pins_agree_with_requirements_lock():
+    from images.build import CUDA_LOCK, PROJECT
+
+    pins = read_lock(PROJECT / "requirements.lock")
+    cuda = read_lock(CUDA_LOCK)
+    assert "torch" not in cuda and {"triton", "cuda-toolkit"} <= set(cuda)
+    assert variant_pins("cuda", pins) == {**pins, **cuda}

@@ -163,8 +163,10 @@ def test_compiled_pipeline_pins_the_pushed_digests(pushed, tmp_path):
     if not (PROJECT_ROOT / "pipeline" / "compile.py").exists():
         pytest.skip("pipeline/compile.py not present")
     out = tmp_path / "pipeline.yaml"
-    proc = subprocess.run([sys.executable, "-m", "pipeline.compile", "--out", str(out), "--lock", str(pushed["lock"])],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    # The images here hold CPU torch (as the lock records), so the GPU steps are allowed onto them.
+    assert pushed["body"]["images"]["facepipe-train"]["torch_variant"] == "cpu"
+    proc = subprocess.run([sys.executable, "-m", "pipeline.compile", "--out", str(out), "--lock", str(pushed["lock"]),
+                           "--allow-cpu-torch-on-gpu"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     spec = out.read_text()
     images = set(re.findall(r"image: (\S+)", spec))

@@ -234,6 +234,29 @@ def test_detector_alignment_is_recorded_per_image(tmp_path):
     assert all(isinstance(a["landmarks"], bool) and a["status"] for a in report["alignment"])
     assert report["aligned_with_landmarks"] + report["aligned_without_landmarks"] == 3
     assert FaceRecordSet(tmp_path / "out").decode(2)[0].shape == (32, 32, 3)
+    summary = {k: v for k, v in report.items() if k.startswith("alignment.")}  # the fallback, counted by reason
+    assert summary["alignment.aligned"] == report["aligned_with_landmarks"]
+    assert summary["alignment.fallback"] == report["aligned_without_landmarks"]
+    assert json.loads((tmp_path / "out" / "pack_report.json").read_text())["alignment.fallback"] == summary["alignment.fallback"]
+    assert sum(v for k, v in summary.items() if k.startswith("alignment.fallback_") and k != "alignment.fallback_rate") \
+        == summary["alignment.fallback"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_center_crop_share_is_kept_by_plain_packing(tmp_path, workers):
+    from facepipe.data.crop import center_crop_resize
+
+    src = make_tree(tmp_path / "src", {"a": 2}, h=90, w=70)
+    pack(cfg(center_crop=0.5, workers=workers), src, tmp_path / "out", progress=False)
+    photo_ = cv2.imread(str(src / "a" / "01.jpg"))
+    got = FaceRecordSet(tmp_path / "out").decode(1)[0].astype(int)
+    half = np.abs(got - center_crop_resize(photo_, 32, 0.5).astype(int)).mean()
+    whole = np.abs(got - center_crop_resize(photo_, 32, 1.0).astype(int)).mean()
+    assert half < 5 and half < whole / 2, (half, whole)  # JPEG noise vs another crop
+    # photos already 32 px are cropped too, not passed through as they are
+    small = make_tree(tmp_path / "small", {"b": 2}, h=32, w=32)
+    assert pack(cfg(center_crop=0.5), small, tmp_path / "out2", progress=False)["images_passed_through"] == 0
+    assert pack(cfg(), small, tmp_path / "out3", progress=False)["images_passed_through"] == 2
 
 
 def test_pack_from_insightface_lst_and_unpack_by_class(tmp_path, capsys):

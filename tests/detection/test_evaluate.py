@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facepipe.detection.evaluate import all_point_ap, plot_pr_curves, pr_curve, score_detections
+from facepipe.detection.evaluate import all_point_ap, landmark_errors, plot_pr_curves, pr_curve, score_detections
 from facepipe.detection.infer import nms
 
 
@@ -57,3 +57,33 @@ def test_nms_keeps_the_best_of_overlapping_boxes():
     scores = np.array([0.5, 0.9, 0.8, 0.7])
     assert nms(boxes, scores, 0.4).tolist() == [1, 2]
     assert nms(boxes, scores, 0.99).tolist() == [1, 2, 3, 0]
+
+
+def test_ignored_faces_count_neither_way():
+    gts = [np.array([[0, 0, 50, 50]], float)]
+    dets = [np.array([[0, 0, 50, 50, 0.9], [100, 100, 130, 130, 0.95], [300, 300, 320, 320, 0.8]], float)]
+    without = pr_curve(dets, gts)
+    assert without["precision"][-1] == pytest.approx(1 / 3)
+    # The top-scoring detection sits on a known, unscored face: neither TP nor FP.
+    with_ignore = pr_curve(dets, gts, ignore=[np.array([[100, 100, 130, 130]], float)])
+    assert with_ignore["num_gt"] == 1 and len(with_ignore["scores"]) == 2
+    assert with_ignore["precision"].tolist() == [1.0, 0.5]
+
+
+def test_landmark_error_is_mean_point_distance_over_face_size():
+    from facepipe.detection.augment import Faces
+    from facepipe.detection.data import Sample
+
+    truth = np.arange(10, dtype=np.float32).reshape(1, 5, 2) + 20
+    faces = Faces(np.array([[10, 10, 50, 50]], np.float32), truth, np.array([True]))
+    det = np.zeros((2, 15))
+    det[0, :5] = [10, 10, 50, 50, 0.9]
+    det[0, 5:] = (truth + [3, 4]).reshape(10)          # every point 5 px off
+    det[1, :5] = [10, 10, 50, 50, 0.5]                 # a lower-scoring duplicate is not the one taken
+    errors = landmark_errors([det], [Sample(None, faces)])
+    assert errors.tolist() == pytest.approx([5 / 40])
+    # No landmarks labelled, or no match: nothing to measure.
+    unlabelled = Faces(faces.boxes, truth, np.array([False]))
+    assert len(landmark_errors([det], [Sample(None, unlabelled)])) == 0
+    far = det + np.array([200.0] * 4 + [0.0] * 11)
+    assert len(landmark_errors([far], [Sample(None, faces)])) == 0

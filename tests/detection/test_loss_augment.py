@@ -100,3 +100,18 @@ def test_crops_keep_face_centres_and_drop_small_faces():
     a, fa = augment(image, faces, 64, np.random.default_rng(5), [0.3, 1.0])
     b, fb = augment(image, faces, 64, np.random.default_rng(5), [0.3, 1.0])
     assert np.array_equal(a, b) and np.array_equal(fa.boxes, fb.boxes)
+
+
+def test_crops_can_refuse_to_cut_large_faces_into_parts():
+    # A 250x250 photo with one 110 px face, as LFW's: a 0.3 crop (75 px) can only hold part of it.
+    image = np.random.default_rng(1).integers(0, 255, (250, 250, 3), dtype=np.uint8)
+    faces = Faces(np.array([[70, 70, 180, 180]], np.float32), np.zeros((1, 5, 2), np.float32), np.array([False]))
+    cut = shown = 0
+    for seed in range(40):
+        _crop, loose = random_square_crop(image, faces, [0.3, 1.0], np.random.default_rng(seed))
+        cut += float(np.prod(loose.boxes[0, 2:] - loose.boxes[0, :2])) < 0.7 * 110 * 110
+        crop, kept = random_square_crop(image, faces, [0.3, 1.0], np.random.default_rng(seed), min_visible=0.7)
+        visible = float(np.prod(kept.boxes[0, 2:] - kept.boxes[0, :2]))
+        assert visible >= 0.7 * 110 * 110 and crop.shape[0] == 250  # only the whole-photo scale holds it
+        shown += 1
+    assert cut > 5 and shown == 40  # the reference's crop does cut it (what the option is for)

@@ -110,3 +110,51 @@ def test_no_face_and_no_detector_are_told_apart():
     assert FaceAligner(FixedDetections([])).align_all_batch([image], 64) == [[]]
     _, info = FaceAligner(None).align(image, 64)
     assert info["status"] == "no_detector"
+
+
+def test_implausible_landmarks_fall_back_to_the_center_crop():
+    from facepipe.gallery.align import landmark_problem
+
+    face = ARCFACE_TEMPLATE_112 * 1.5 + [40, 30]  # a 168 px face at (40, 30)
+    box = [40, 30, 40 + 168, 30 + 168]
+    assert landmark_problem(face, box)[0] is None
+    mirrored = face.copy()
+    mirrored[:, 1] = 2 * face[:, 1].mean() - mirrored[:, 1]  # upside down: mouth above the eyes
+    assert landmark_problem(mirrored, box)[0] == "not_a_face"
+    assert landmark_problem(face[[2, 1, 0, 3, 4]], box)[0] == "not_a_face"  # eye and nose swapped
+    assert landmark_problem(face + [300, 0], [340, 30, 508, 198])[0] is None
+    assert landmark_problem(face + [300, 0], box)[0] == "outside_box"
+    tiny = (face - face.mean(0)) * 0.1 + face.mean(0)  # a face-shaped speck inside a big box
+    assert landmark_problem(tiny, box)[0] == "scale_mismatch"
+    assert landmark_problem(np.full((5, 2), 50.0), None)[0] == "degenerate"
+    # a strong yaw (nose 30 template px off centre) is still a face
+    yaw = ARCFACE_TEMPLATE_112.copy()
+    yaw[2, 0] += 20
+    assert landmark_problem(yaw, [0, 0, 112, 112])[0] is None
+    image = np.random.default_rng(2).integers(0, 255, (250, 250, 3), dtype=np.uint8)
+    aligned, used = align_face(image, mirrored, 112, center_crop=0.5, box=box)
+    assert not used
+    np.testing.assert_array_equal(aligned, center_crop_resize(image, 112, 0.5))
+
+
+def test_every_fallback_is_counted_with_its_reason():
+    from facepipe.gallery.align import alignment_summary
+
+    image = np.zeros((300, 300, 3), np.uint8)
+    good = _row(50, 50, 150, 0.9)
+    bad = list(good)
+    bad[5:15] = list(np.array(good[5:15]).reshape(5, 2)[[3, 4, 2, 0, 1]].ravel())  # mouth above eyes
+    aligner = FaceAligner(FixedDetections([good]))
+    assert aligner.align(image, 64)[1]["fallback"] is None
+    aligner.detector = FixedDetections([bad])
+    _, info = aligner.align(image, 64)
+    assert info["status"] == "ok" and not info["used_landmarks"] and info["fallback"] == "implausible_landmarks"
+    aligner.detector = FixedDetections([])
+    aligner.align(image, 64)
+    assert aligner.counts == {"": 1, "implausible_landmarks": 1, "no_face": 1}
+    assert aligner.summary("gallery.") == {
+        "gallery.alignment.aligned": 1, "gallery.alignment.fallback": 2, "gallery.alignment.fallback_rate": 0.6667,
+        "gallery.alignment.fallback_implausible_landmarks": 1, "gallery.alignment.fallback_no_face": 1}
+    aligner.reset()
+    assert aligner.summary()["alignment.fallback_rate"] is None
+    assert alignment_summary(["no_detector"] * 3)["alignment.fallback_no_detector"] == 3

@@ -115,7 +115,7 @@ def test_step_run_params_are_the_config_keys_once(gallery_data, untrained_recogn
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "edges")
-    for name in (runtime.SPOOL_ENV, runtime.PARENT_ENV, runtime.SCRATCH_ENV, pipeline_run.KFP_RUN_ENV,
+    for name in (runtime.SPOOL_ENV, runtime.PARENT_ENV, "FACEPIPE_CHECKPOINT_ROOT", pipeline_run.KFP_RUN_ENV,
                  pipeline_run.LOCAL_RUN_ENV):
         monkeypatch.delenv(name, raising=False)
     people = str(_people(gallery_data["gallery"], tmp_path / "people", 3))

@@ -26,6 +26,10 @@ def test_evaluate_step_on_synthetic_data(gallery_data, trained_recognizer, tmp_p
     assert {"identification/cmc.png", "verification/roc.png"} <= set(images)
     assert all((out / p).is_file() for p in images)
     assert (out / "report.md").is_file() and (out / "manifest.json").is_file()
+    # no detector: every face center-cropped, and said so per part
+    assert metrics["identification.alignment.fallback_no_detector"] == metrics["identification.alignment.fallback"] > 0
+    assert metrics["verification.alignment.fallback_rate"] == 1.0
+    assert metrics["identification.far_at_gallery_threshold"] is not None
 
 
 def test_evaluate_step_with_a_built_gallery_uses_the_images_it_did_not_enrol(gallery_data, trained_recognizer,

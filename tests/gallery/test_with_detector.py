@@ -27,10 +27,19 @@ def test_build_and_recognize_with_a_detector(gallery_data, untrained_detector, u
     assert len(statuses) == 6 and set(statuses) <= {"ok", "several_faces", "no_face"}
     assert len(report["no_face"]) == statuses.count("no_face")
     assert len(report["several_faces"]) == statuses.count("several_faces")
-    assert all(r["used_landmarks"] == (r["status"] != "no_face") for r in g.images)
+    # aligned unless no face was found or its landmarks failed the plausibility check; all counted
+    assert all(r["used_landmarks"] == (r["fallback"] is None) for r in g.images)
+    assert all(r["fallback"] in (None, "implausible_landmarks") for r in g.images if r["status"] != "no_face")
+    fallbacks = [r["fallback"] for r in g.images if r["fallback"]]
+    align = report
+    assert align["alignment.aligned"] + align["alignment.fallback"] == 6
+    assert align["alignment.fallback"] == len(fallbacks)
+    assert align.get("alignment.fallback_no_face", 0) == statuses.count("no_face")
     summary = recognize(RecognizeConfig(score_threshold=0.9, annotate=False), data, out, untrained_detector,
                         untrained_recognizer, tmp_path / "rec")
     results = json.loads((tmp_path / "rec" / "results.json").read_text())
     assert summary["detector_digest"] == g.meta["detector_digest"]
     assert summary["faces"] == sum(len(r["faces"]) for r in results["images"])
-    assert all(f["alignment"] == "landmarks" and len(f["box"]) == 4 for r in results["images"] for f in r["faces"])
+    faces = [f for r in results["images"] for f in r["faces"]]
+    assert all(len(f["box"]) == 4 and (f["alignment"] == "landmarks") == (f["fallback"] is None) for f in faces)
+    assert summary["recognize.alignment.aligned"] + summary["recognize.alignment.fallback"] == len(faces)

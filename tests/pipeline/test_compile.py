@@ -1,4 +1,5 @@
-"""pipeline.yaml: deterministic compile, not stale, every config key a parameter, cluster settings, no secrets."""
+"""pipeline.yaml: deterministic compile, not stale, every config key a parameter, cluster settings, no secrets,
+GPU steps refused on CPU torch images unless asked for."""
 
 from __future__ import annotations
 
@@ -16,8 +17,14 @@ from tests.conftest import PROJECT_ROOT
 COMMITTED = PROJECT_ROOT / "pipeline.yaml"
 
 
-def compile_to(out, lock=None, env=None) -> subprocess.CompletedProcess:
+# The committed lock is the CPU torch build: the committed spec is compiled as `make compile` does
+# for TORCH_VARIANT=cpu.
+ALLOW_CPU_TORCH = ["--allow-cpu-torch-on-gpu"]
+
+
+def compile_to(out, lock=None, env=None, args=ALLOW_CPU_TORCH) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "pipeline.compile", "--out", str(out)] + (["--lock", str(lock)] if lock else [])
+    cmd += list(args)
     return subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, **(env or {})})
 
@@ -173,3 +180,108 @@ def test_an_exit_handler_ends_the_run_and_no_step_is_keyed_by_the_publish_target
     publishers = {n: t for n, t in everything.items() if n.startswith("publish")}
     assert publishers and all("output_uri" in t["inputs"]["parameters"] for t in publishers.values())
     assert {"begin-run", "data-digest", "record-run"} <= set(everything)
+
+
+def lock_with_train_variant(tmp_path, variant):
+    """A copy of the committed lock whose facepipe-train says `variant` (None: says nothing)."""
+    body = json.loads(images.DEFAULT_LOCK.read_text())
+    entry = body["images"]["facepipe-train"]
+    entry.pop("torch_variant", None)
+    if variant:
+        entry["torch_variant"] = variant
+    path = tmp_path / f"lock-{variant}.json"
+    path.write_text(json.dumps(body))
+    return path
+
+
+def platform_executors(spec_text: str) -> dict:
+    return list(yaml.safe_load_all(spec_text))[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+@pytest.mark.parametrize("variant", ["cpu", None])
+def test_gpu_steps_on_a_cpu_torch_image_are_refused_unless_asked(tmp_path, variant):
+    lock = lock_with_train_variant(tmp_path, variant)
+    done = compile_to(tmp_path / "p.yaml", lock, env={images.UNPINNED_ENV: "0"}, args=[])
+    assert done.returncode == 2
+    for name in ("train_detection", "train_recognition", "build_gallery"):
+        assert name in done.stderr
+    assert "--allow-cpu-torch-on-gpu" in done.stderr and "TORCH_VARIANT=cuda" in done.stderr
+    assert ("cpu" if variant else "not recorded") in done.stderr
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_gpu_steps_on_a_cuda_image_compile_strictly(tmp_path):
+    done = compile_to(tmp_path / "p.yaml", lock_with_train_variant(tmp_path, "cuda"), env={images.UNPINNED_ENV: "0"},
+                      args=[])
+    assert done.returncode == 0, done.stderr
+    spec = list(yaml.safe_load_all((tmp_path / "p.yaml").read_text()))[0]
+    envs = [e["container"].get("env", []) for e in spec["deploymentSpec"]["executors"].values()]
+    assert not any(v["name"] == "FACEPIPE_ALLOW_CPU_TORCH" for env in envs for v in env)
+
+
+def test_pod_settings_in_the_spec():
+    """Pull secret on every task; /dev/shm in memory for the trainers' DataLoader workers; each task's
+    disk (an emptyDir over the launcher's /s3 artifact folder) sized from its Step record."""
+    from facepipe.steps import STEPS
+
+    from facepipe.orchestration.local import PipelineSpec, _dag_tasks
+
+    text = COMMITTED.read_text()
+    spec = list(yaml.safe_load_all(text))[0]
+    executors = platform_executors(text)
+    labels = {name: spec["components"][task["componentRef"]["name"]].get("executorLabel")
+              for name, task in _dag_tasks(spec, spec["root"]["dag"]).items()}
+    assert {"begin-run", "data-digest", "record-run", "finish-run"} <= set(labels)
+    for task_name, label in labels.items():  # the run-level tasks too: they pull the same image
+        if label:  # not a DAG of its own (the exit handler's, a dsl.If's)
+            assert [s["secretName"] for s in executors[label]["imagePullSecret"]] == ["swr-pull"], task_name
+    for task_name, task in PipelineSpec(COMMITTED).tasks.items():
+        step = STEPS[task_name.replace("-", "_")]
+        executor = executors[spec["components"][task["componentRef"]["name"]]["executorLabel"]]
+        shm = [m for m in executor.get("emptyDirMounts", []) if m["mountPath"] == "/dev/shm"]
+        if step.resources.shm:
+            assert shm == [{"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": step.resources.shm,
+                            "volumeName": "dshm"}], task_name
+        else:
+            assert not shm, task_name
+        disk = [m for m in executor.get("emptyDirMounts", []) if m["mountPath"] == "/s3"]
+        assert disk == [{"mountPath": "/s3", "sizeLimit": step.resources.disk, "volumeName": "artifact-disk"}], task_name
+        env = {e["name"]: e["value"] for e in spec["deploymentSpec"]["executors"][
+            spec["components"][task["componentRef"]["name"]]["executorLabel"]]["container"].get("env", [])}
+        assert env.get("FACEPIPE_ALLOW_CPU_TORCH") == ("1" if step.resources.gpus else None), task_name
+    assert STEPS["train_recognition"].resources.shm and STEPS["evaluate"].resources.disk
+
+
+def test_pull_secret_name_from_the_flag_or_the_environment(tmp_path):
+    done = compile_to(tmp_path / "a.yaml", images.DEFAULT_LOCK, args=ALLOW_CPU_TORCH + ["--image-pull-secret", "my-swr"],
+                      env={"FACEPIPE_IMAGE_PULL_SECRET": "from-env"})
+    assert done.returncode == 0, done.stderr
+    names = {s["secretName"] for e in platform_executors((tmp_path / "a.yaml").read_text()).values()
+             for s in e["imagePullSecret"]}
+    assert names == {"my-swr"}
+    done = compile_to(tmp_path / "b.yaml", images.DEFAULT_LOCK, env={"FACEPIPE_IMAGE_PULL_SECRET": "from-env"})
+    assert done.returncode == 0, done.stderr
+    assert {s["secretName"] for e in platform_executors((tmp_path / "b.yaml").read_text()).values()
+            for s in e["imagePullSecret"]} == {"from-env"}
+    done = compile_to(tmp_path / "c.yaml", images.DEFAULT_LOCK, args=ALLOW_CPU_TORCH + ["--image-pull-secret", ""])
+    assert done.returncode == 0, done.stderr
+    assert "imagePullSecret" not in (tmp_path / "c.yaml").read_text()
+
+
+def test_gpu_tasks_get_the_node_selector_and_tolerations_asked_for(tmp_path):
+    from facepipe.steps import STEPS
+
+    done = compile_to(tmp_path / "p.yaml", images.DEFAULT_LOCK, args=ALLOW_CPU_TORCH + [
+        "--gpu-node-selector", "accelerator=nvidia-t4", "--gpu-toleration", "nvidia.com/gpu",
+        "--gpu-toleration", "dedicated:NoExecute"])
+    assert done.returncode == 0, done.stderr
+    for executor, body in platform_executors((tmp_path / "p.yaml").read_text()).items():
+        step = STEPS.get(executor.removeprefix("exec-").replace("-", "_"))
+        if step and step.resources.gpus:
+            assert body["nodeSelector"] == {"labels": {"accelerator": "nvidia-t4"}}, executor
+            assert body["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"},
+                                           {"effect": "NoExecute", "key": "dedicated", "operator": "Exists"}]
+        else:
+            assert "nodeSelector" not in body and "tolerations" not in body, executor
+    bad = compile_to(tmp_path / "q.yaml", images.DEFAULT_LOCK, args=ALLOW_CPU_TORCH + ["--gpu-toleration", "x:Never"])
+    assert bad.returncode == 2 and "--gpu-toleration 'x:Never'" in bad.stderr and "NoExecute" in bad.stderr

@@ -80,6 +80,10 @@ def test_every_step_executes_and_outputs_are_published_to_obs(first_run, obs_ser
     for name in ("detector", "recognizer", "gallery"):
         assert Path(record["outputs"][name], "manifest.json").exists(), name
     assert Path(record["outputs"]["recognizer"], "model.pt").exists()
+    # The given tree moved on as one shard per folder, read back by detection, gallery and evaluate.
+    images = Path(record["outputs"]["images"])
+    assert {"faces.tar", "detection.tar"} <= {p.name for p in images.iterdir()}
+    assert not [p for p in images.iterdir() if p.is_dir()]
     with obs_server.env():
         for step in TASKS:
             assert storage.is_complete(f"obs://facepipe-out/first/{step}"), step
@@ -100,6 +104,10 @@ def test_mlflow_parent_child_runs_and_registered_models(first_run, services_env)
     assert tags["facepipe.pipeline_digest"].startswith("sha256:")
     assert tags["facepipe.input_data_digest"].startswith("sha256:")
     assert tags["facepipe.git_commit"]
+    # The runs table's Dataset column for the parent: the pipeline's input images (record-run).
+    (dataset,) = [d.dataset for d in parent.inputs.dataset_inputs if d.dataset.name == "images"]
+    assert tags["facepipe.input_data_digest"].startswith("sha256:" + dataset.digest[:20])
+    assert json.loads(dataset.source)["uri"] == (record["arguments"].get("data_uri") or record["outputs"]["images"])
     assert parent.data.params["train_recognition__backbone"] == "mobilefacenet"
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")

@@ -223,9 +223,9 @@ def test_new_data_at_the_same_data_uri_misses_packs_cache(synth_small, tmp_path)
 
 
 def _cluster_env(monkeypatch, **env):
-    from facepipe.orchestration import component_runtime, pipeline_run
+    from facepipe.orchestration import attempts, component_runtime, pipeline_run
 
-    for name in (component_runtime.SPOOL_ENV, component_runtime.PARENT_ENV, component_runtime.SCRATCH_ENV,
+    for name in (component_runtime.SPOOL_ENV, component_runtime.PARENT_ENV, attempts.CHECKPOINT_ROOT_ENV,
                  pipeline_run.LOCAL_RUN_ENV, pipeline_run.KFP_RUN_ENV, pipeline_run.KFP_MLFLOW_RUN_ENV):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():

@@ -25,6 +25,10 @@ TINY_JOB = PROJECT_ROOT / "jobs" / "tiny.yaml"
 
 class KfpApi(BaseHTTPRequestHandler):
     requests: list = []
+    auth: list = []  # (Authorization, Cookie) headers of each request
+
+    def _record_auth(self) -> None:
+        self.auth.append((self.headers.get("Authorization"), self.headers.get("Cookie")))
 
     def _reply(self, body: dict) -> None:
         data = json.dumps(body).encode()
@@ -35,6 +39,7 @@ class KfpApi(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
+        self._record_auth()
         self.requests.append(("GET", self.path, None))
         if self.path.startswith("/apis/v2beta1/healthz"):
             return self._reply({"multi_user": False})
@@ -44,6 +49,7 @@ class KfpApi(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        self._record_auth()
         self.requests.append(("POST", self.path, body))
         if self.path.startswith("/apis/v2beta1/experiments"):
             return self._reply({"experiment_id": "exp-1", "display_name": body.get("display_name")})
@@ -59,6 +65,7 @@ class KfpApi(BaseHTTPRequestHandler):
 @pytest.fixture
 def kfp_api():
     KfpApi.requests = []
+    KfpApi.auth = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), KfpApi)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -120,6 +127,37 @@ def test_submit_refuses_bad_input_before_sending(kfp_api):
     with pytest.raises(FacepipeError, match="could not be reached"):
         submit.submit(submit.prepare("http://127.0.0.1:9", TINY_JOB))
     assert not requests
+
+
+def test_submit_behind_a_login_sends_the_token_and_cookies_and_never_prints_them(kfp_api, monkeypatch, capsys):
+    from facepipe.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    host, requests = kfp_api
+    token, cookie = "eyJ-test-token-6d1f", "authservice_session=MTc-session-77"
+    argv = ["submit", "--host", host, "--job", str(TINY_JOB), "--run-name", "behind-login"]
+    assert main(argv + ["--existing-token", token, "--cookies", cookie]) == 0
+    assert any(path.startswith("/apis/v2beta1/runs") for _, path, _ in requests)
+    assert KfpApi.auth and set(KfpApi.auth) == {(f"Bearer {token}", cookie)}  # on every request
+    # The same from the environment (kept out of the shell history and the process list).
+    KfpApi.auth.clear()
+    monkeypatch.setenv("FACEPIPE_KFP_TOKEN", token)
+    monkeypatch.setenv("FACEPIPE_KFP_COOKIES", cookie)
+    assert main(argv) == 0
+    assert set(KfpApi.auth) == {(f"Bearer {token}", cookie)}
+    assert main(argv + ["--dry-run"]) == 0
+    printed = capsys.readouterr()
+    assert token not in printed.out + printed.err and "session-77" not in printed.out + printed.err
+    # Nor in the error of a refused or unreachable host.
+    from facepipe.errors import FacepipeError
+    from facepipe.orchestration import submit
+
+    auth = submit.KfpAuth.from_env()
+    assert auth.existing_token == token and token not in repr(auth)
+    with pytest.raises(FacepipeError) as refused:
+        submit.submit(submit.prepare("http://127.0.0.1:9", TINY_JOB), auth=auth)
+    assert token not in str(refused.value)
+    assert auth.hide(f"401 for {token} and {cookie}") == "401 for *** and ***"
 
 
 @pytest.fixture

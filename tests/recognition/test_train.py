@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from facepipe import storage
 from facepipe.errors import ConfigError, DataError, FacepipeError
 from facepipe.recognition.train import train_recognition
 from facepipe.training.checkpoint import latest_checkpoint
@@ -137,36 +138,48 @@ def test_evaluate_verification_command_writes_metrics_scores_and_plots(trained, 
     assert (ev / "roc.png").exists() and (ev / "det.png").exists() and (ev / "manifest.json").exists()
 
 
-def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(face_rec, tmp_path):
-    values = {**TINY, "epochs": 3, "checkpoint_every": 3, "deterministic": True, "augment": "flip_jitter",
-              "partial_fc_sample_rate": 0.5, "dropout": 0.1}
-    # killed run: SIGKILL as soon as a mid-run checkpoint is complete
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(FACEPIPE + ["train-recognition", str(face_rec), str(killed)] + _sets(values),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=_env(torch.get_num_threads()))  # same threads: bitwise-equal arithmetic
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        ckpt = latest_checkpoint(killed)
-        if ckpt is not None and int(ckpt.name.split("-")[1]) >= 6:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.05)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (killed / "model.pt").exists()
+def test_killed_run_resumes_from_its_s3_checkpoint_to_the_same_weights_as_an_uninterrupted_run(
+        face_rec, tmp_path, s3_env):
+    """A new pod: SIGKILL once a mid-run checkpoint is on S3, start again with the same parameters in an
+    empty output folder; it resumes from S3, retrains nothing before that step, and ends bitwise equal."""
     from facepipe.config import from_dict
     from facepipe.recognition.config import RecognitionTrainConfig
+    from facepipe.training.mirror import CheckpointMirror
 
-    cfg = from_dict(RecognitionTrainConfig, values)
-    resumed = train_recognition(cfg, face_rec, killed)
-    straight = train_recognition(cfg, face_rec, tmp_path / "straight")
+    s3_env.create_bucket("checkpoints")
+    uri = f"s3://checkpoints/{tmp_path.name}/train_recognition"
+    values = {**TINY, "epochs": 3, "checkpoint_every": 3, "deterministic": True, "augment": "flip_jitter",
+              "partial_fc_sample_rate": 0.5, "dropout": 0.1}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(FACEPIPE + ["train-recognition", str(face_rec), str(killed)]
+                            + _sets({**values, "checkpoint_uri": uri}), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=_env(torch.get_num_threads()))  # same threads: same arithmetic
+    mirror, uploaded = CheckpointMirror(uri, 0, 1, tmp_path / "unused", 2), None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        uploaded = mirror.newest()
+        if uploaded is not None and uploaded >= 6:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+    cfg = from_dict(RecognitionTrainConfig, {**values, "checkpoint_uri": uri})
+    logger = MemoryLogger()
+    resumed = train_recognition(cfg, face_rec, tmp_path / "new_pod", logger)
+    assert resumed["resumed_from_step"] >= uploaded >= 6
+    logged = sorted({step for key, _, step in logger.metrics if key == "train.loss"})
+    assert logged[0] == resumed["resumed_from_step"] + 1, "steps before the checkpoint were trained again"
+    straight = train_recognition(from_dict(RecognitionTrainConfig, values), face_rec, tmp_path / "straight")
     assert resumed["steps"] == straight["steps"] == 30
-    a = torch.load(killed / "model.pt", weights_only=True)["state_dict"]
+    a = torch.load(tmp_path / "new_pod" / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    kept = [e.name for e in storage.ls(uri)]
+    assert kept[-1] == "step-000000030/" and len(kept) <= 2, kept  # pruned to the last 2
 
 
 def test_resume_with_a_different_config_is_refused_naming_the_keys(face_rec, tiny_cfg, tmp_path):

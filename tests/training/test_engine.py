@@ -92,6 +92,28 @@ def test_a_single_process_gets_no_process_group_and_cuda_without_a_gpu_is_a_conf
                 pass
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where torch sees no CUDA")
+def test_auto_device_in_a_container_given_a_gpu_but_without_cuda_fails_clearly(monkeypatch):
+    """As in a pod with an nvidia.com/gpu limit (the device plugin sets NVIDIA_VISIBLE_DEVICES) whose
+    image has CPU torch: an error naming the cause, not a quiet CPU run holding the GPU."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("FACEPIPE_ALLOW_CPU_TORCH", raising=False)
+    monkeypatch.setenv("FACEPIPE_TORCH_VARIANT", "cpu")
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "GPU-3f2a")
+    with pytest.raises(ConfigError, match=r"RecognitionTrainConfig\.device: 'auto' in a container with a GPU limit "
+                                          r"\(NVIDIA_VISIBLE_DEVICES=GPU-3f2a\).*torch variant cpu.*TORCH_VARIANT=cuda"):
+        with distributed("auto", deterministic=False, config_name="RecognitionTrainConfig"):
+            pass
+    # Asked for at compile time (--allow-cpu-torch-on-gpu), or no GPU given, or device=cpu: CPU.
+    for env, device in [({"FACEPIPE_ALLOW_CPU_TORCH": "1"}, "auto"), ({"NVIDIA_VISIBLE_DEVICES": "void"}, "auto"),
+                        ({"NVIDIA_VISIBLE_DEVICES": ""}, "auto"), ({}, "cpu")]:
+        with monkeypatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            with distributed(device, deterministic=False, config_name="X") as ctx:
+                assert ctx.device.type == "cpu"
+
+
 def test_finding_5_weights_gone_non_finite_are_never_saved_so_the_last_good_checkpoint_is_finite(tmp_path):
     ckpts, layer = Checkpoints(tmp_path, _ctx(), {}, ()), torch.nn.Linear(2, 1)
     ckpts.save({"layer": layer}, TrainState(step=2))

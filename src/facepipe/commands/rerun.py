@@ -20,6 +20,7 @@ def run(args) -> int:
     from facepipe.orchestration import local
 
     record = local.rerun(args.step, args.from_run, args.sets, root=args.runs_dir, pipeline=args.pipeline,
-                         track=not args.no_track, experiment=args.experiment, runner=args.runner)
+                         track=not args.no_track, experiment=args.experiment, runner=args.runner,
+                         verbose=args.verbose)
     print_summary(record, local.runs_dir(args.runs_dir))
     return 0

@@ -18,6 +18,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="execute every step, reuse nothing")
     parser.add_argument("--rerun", metavar="STEP", help="execute STEP even if its inputs are unchanged "
                                                         "(downstream steps follow; upstream steps are reused)")
+    parser.add_argument("--existing-token", metavar="TOKEN",
+                        help="bearer token for a KFP behind a login, as the kfp CLI's (env FACEPIPE_KFP_TOKEN, "
+                             "which keeps it out of the shell history and process list)")
+    parser.add_argument("--cookies", metavar="COOKIES",
+                        help="cookies for the KFP API, e.g. 'authservice_session=...' (env FACEPIPE_KFP_COOKIES)")
     parser.add_argument("--dry-run", action="store_true", help="validate and print what would be sent")
 
 
@@ -32,7 +37,8 @@ def run(args) -> int:
     if args.dry_run:
         print(json.dumps({k: v for k, v in sub.__dict__.items() if k != "changed"}, indent=2, sort_keys=True))
         return 0
-    out = submit.submit(sub)
+    auth = submit.KfpAuth.from_env(args.existing_token, args.cookies)
+    out = submit.submit(sub, auth=auth)
     print(f"KFP run {out['run_id']} ({out['run_name']}) in experiment {out['experiment']!r} at {args.host}; "
           f"its begin-run task makes the MLflow parent run, tagged facepipe.kfp_run_id={out['run_id']}")
     return 0

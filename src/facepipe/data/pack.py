@@ -52,6 +52,10 @@ class PackConfig:
     quality: int = bounded(95, low=1, high=100, help="JPEG quality")
     min_images: int = bounded(1, low=1, help="drop identities with fewer usable images")
     detector: str | None = None  # detector model.pt: align faces with landmarks instead of center-crop
+    center_crop: float = bounded(1.0, low=0.05, high=1.0,
+                                 help="share of the shorter side kept where a face is center-cropped "
+                                      "(no detector, or no face / implausible landmarks); train with "
+                                      "the same center_crop so the fallback matches")
 
     def validate(self) -> None:
         if not self.prefix or "/" in self.prefix or "\\" in self.prefix or self.prefix.startswith("."):
@@ -68,15 +72,17 @@ class PackConfig:
 
 _ALIGNER = None
 _CALLER_TORCH_THREADS = None
+_CENTER_CROP = 1.0
 
 
-def _init_worker(detector: str | None, in_pool: bool = True, forked: bool = False) -> None:
-    global _ALIGNER, _CALLER_TORCH_THREADS
+def _init_worker(detector: str | None, in_pool: bool = True, forked: bool = False, center_crop: float = 1.0) -> None:
+    global _ALIGNER, _CALLER_TORCH_THREADS, _CENTER_CROP
     if in_pool and not forked:
         import cv2
 
         cv2.setNumThreads(1)  # parallelism comes from the processes
-    _ALIGNER = _load_aligner(detector) if detector else None
+    _CENTER_CROP = center_crop
+    _ALIGNER = _load_aligner(detector, center_crop) if detector else None
     if detector:
         import torch
 
@@ -87,13 +93,13 @@ def _init_worker(detector: str | None, in_pool: bool = True, forked: bool = Fals
         torch.set_num_threads(1)
 
 
-def _load_aligner(detector: str):
+def _load_aligner(detector: str, center_crop: float = 1.0):
     try:
         from facepipe.gallery.align import FaceAligner
     except ImportError as exc:
         raise ConfigError(f"--detector needs facepipe.gallery.align.FaceAligner, which is not "
                           f"available: {exc}") from None
-    return FaceAligner(detector)
+    return FaceAligner(detector, center_crop=center_crop)
 
 
 def _read_file(path: str) -> bytes:
@@ -118,7 +124,7 @@ def process_image(path: str, size: int, quality: int, geometry: tuple | None = N
     `geometry` is where a .lst puts the face: ("landmarks", 5 (x, y) points) to align on, or
     ("bbox", (x1, y1, x2, y2)) to crop; otherwise the detector aligns (if any) or we center-crop.
 
-    Returns ("ok", jpeg_bytes, sha256 digest, passthrough, (used_landmarks, aligner status) | None)
+    Returns ("ok", jpeg_bytes, sha256 digest, passthrough, (used_landmarks, status, fallback reason) | None)
     or ("skip", reason, sha256 digest | None).
     """
     import cv2
@@ -137,11 +143,12 @@ def process_image(path: str, size: int, quality: int, geometry: tuple | None = N
         if not jpeg_complete(data):
             return ("skip", "truncated JPEG: no end-of-image marker after the last scan", digest)
     plain = _ALIGNER is None and geometry is None
-    if plain and info is not None and info[0] == size and info[1] == size and info[2] == 3:
+    cropped = _CENTER_CROP < 1.0
+    if plain and not cropped and info is not None and info[0] == size and info[1] == size and info[2] == 3:
         return ("ok", data, digest, True, None)
     flags = cv2.IMREAD_COLOR
     if info is not None and plain:
-        shorter = min(info[0], info[1])
+        shorter = min(info[0], info[1]) * _CENTER_CROP
         # libjpeg's DCT scaling decodes at 1/2 or 1/4 for a fraction of the cost.
         if shorter >= 4 * size:
             flags = cv2.IMREAD_REDUCED_COLOR_4
@@ -160,18 +167,21 @@ def process_image(path: str, size: int, quality: int, geometry: tuple | None = N
         from facepipe.gallery.align import align_face
 
         face, used = align_face(image, np.asarray(geometry[1], dtype=np.float64), size)
-        used_landmarks = (bool(used), "lst_landmarks" if used else "lst_landmarks_unusable")
+        used_landmarks = (bool(used), "lst_landmarks" if used else "lst_landmarks_unusable",
+                          None if used else "implausible_landmarks")
     elif geometry is not None:
-        face, used_landmarks = box_crop(image, geometry[1], size), (False, "lst_box")
+        face, used_landmarks = box_crop(image, geometry[1], size), (False, "lst_box", "lst_box")
     elif _ALIGNER is not None:
         aligned, details = _ALIGNER.align(image, size)
-        used_landmarks = (bool(_landmarks_used(details)),
-                          details.get("status") if isinstance(details, dict) else None)
+        used = bool(_landmarks_used(details))
+        status = details.get("status") if isinstance(details, dict) else None
+        fallback = details.get("fallback", "no_landmarks") if isinstance(details, dict) else "no_landmarks"
+        used_landmarks = (used, status, None if used else fallback)
         face = aligned
         if face.shape[:2] != (size, size):
             face = center_crop_resize(face, size)
     else:
-        face = center_crop_resize(image, size)
+        face = center_crop_resize(image, size, _CENTER_CROP)
     ok, buf = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         return ("skip", "JPEG encoding failed", digest)
@@ -326,6 +336,7 @@ class _Packer:
         self.skipped: list[dict] = []
         self.dropped: list[dict] = []
         self.alignment: list[dict] = []
+        self.fallbacks: list[str | None] = []  # per packed image aligned or cut: why not on landmarks
         self.duplicates = _Duplicates()
         self.seen = self.passthrough = 0
 
@@ -365,8 +376,9 @@ class _Packer:
             self.lst.write(lst_line(rel, class_id))
             self.passthrough += bool(was_passthrough)
             if used_landmarks is not None:
-                landmarks, status = used_landmarks
+                landmarks, status, fallback = used_landmarks
                 self.alignment.append({"file": rel, "landmarks": landmarks, "status": status})
+                self.fallbacks.append(fallback)
 
     def close(self) -> None:
         self.bar.close()
@@ -409,8 +421,9 @@ def _pack_into(cfg: PackConfig, src: Path, out_dir: Path, logger: RunLogger, pro
         # The output does not depend on this choice, only the speed does.
         if src.is_dir():
             identities = _prefetch(identities, ahead=256)  # list folders while packing
-        threads, identities = probe_passthrough(identities, cfg.size, cfg.detector)
-        packer.run(_run(_tasks(identities, cfg.size, cfg.quality, listed), workers, cfg.detector, threads), listed)
+        threads, identities = probe_passthrough(identities, cfg.size, cfg.detector, center_crop=cfg.center_crop)
+        packer.run(_run(_tasks(identities, cfg.size, cfg.quality, listed), workers, cfg.detector, threads,
+                        cfg.center_crop), listed)
     finally:
         packer.close()
     # listing and packing report skips from two threads: sort for a deterministic report
@@ -446,6 +459,9 @@ def _pack_into(cfg: PackConfig, src: Path, out_dir: Path, logger: RunLogger, pro
         report["aligned_with_landmarks"] = sum(a["landmarks"] for a in packer.alignment)
         report["aligned_without_landmarks"] = len(packer.alignment) - report["aligned_with_landmarks"]
         report["alignment"] = packer.alignment
+        from facepipe.gallery.align import alignment_summary
+
+        report.update(alignment_summary(packer.fallbacks))  # alignment.aligned, .fallback, ... by reason
     # The report file holds no timings or paths of this machine, so reruns are byte-identical.
     (out_dir / REPORT).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     write_manifest(out_dir, kind="recordio", extra={"prefix": cfg.prefix, "num_images": writer.num_images,
@@ -456,12 +472,14 @@ def _pack_into(cfg: PackConfig, src: Path, out_dir: Path, logger: RunLogger, pro
                "skipped_count": len(skipped), "identities_dropped_count": len(dropped),
                "duplicate_files": report["duplicate_files"], "images_passed_through": packer.passthrough,
                "seconds": round(seconds, 3), "images_per_s": round(packer.seen / max(seconds, 1e-9), 1)}
+    metrics.update({k: v for k, v in report.items() if k.startswith("alignment.") and v is not None})
     logger.log_metrics(metrics)
     logger.log_artifact(out_dir / REPORT)
     return {**report, **metrics, "workers": workers}
 
 
-def _run(tasks: Iterator[tuple], workers: int, detector: str | None, threads: bool = False):
+def _run(tasks: Iterator[tuple], workers: int, detector: str | None, threads: bool = False,
+         center_crop: float = 1.0):
     """Yield (identity number, result) in task order: in this process, or from `workers` threads
     or processes.
 
@@ -470,7 +488,7 @@ def _run(tasks: Iterator[tuple], workers: int, detector: str | None, threads: bo
     suit decoding and re-encoding.
     """
     if workers <= 1:
-        _init_worker(detector, in_pool=False)
+        _init_worker(detector, in_pool=False, center_crop=center_crop)
         try:
             for task in tasks:
                 yield _work(task)
@@ -490,7 +508,7 @@ def _run(tasks: Iterator[tuple], workers: int, detector: str | None, threads: bo
     if detector or not hasattr(os, "fork"):
         ctx = multiprocessing.get_context(
             "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
-        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(detector,))
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(detector, True, False, center_crop))
     else:
         import cv2
 
@@ -498,7 +516,7 @@ def _run(tasks: Iterator[tuple], workers: int, detector: str | None, threads: bo
         cv2.setNumThreads(1)
         try:
             pool = multiprocessing.get_context("fork").Pool(
-                workers, initializer=_init_worker, initargs=(None, True, True))
+                workers, initializer=_init_worker, initargs=(None, True, True, center_crop))
         finally:
             cv2.setNumThreads(previous)
     with pool:
@@ -565,11 +583,11 @@ def _prefetch(items: Iterator, ahead: int = 4096) -> Iterator:
 
 
 def probe_passthrough(identities: Iterable[_Identity], size: int, detector: str | None,
-                      sample: int = 16) -> tuple[bool, Iterator[_Identity]]:
+                      sample: int = 16, center_crop: float = 1.0) -> tuple[bool, Iterator[_Identity]]:
     """Whether the first `sample` images are already SIZE x SIZE colour JPEGs (a pre-aligned set
     being repacked), and the identities with the ones looked at put back in front."""
     it = iter(identities)
-    if detector:
+    if detector or center_crop < 1.0:
         return False, it
     head, checked = [], 0
     for ident in it:
@@ -591,8 +609,9 @@ def probe_passthrough(identities: Iterable[_Identity], size: int, detector: str 
 
 def _reset_worker() -> None:
     """Undo _init_worker in the calling process (workers=1 runs there)."""
-    global _ALIGNER, _CALLER_TORCH_THREADS
+    global _ALIGNER, _CALLER_TORCH_THREADS, _CENTER_CROP
     _ALIGNER = None
+    _CENTER_CROP = 1.0
     if _CALLER_TORCH_THREADS is not None:
         import torch
 

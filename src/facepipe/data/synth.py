@@ -38,7 +38,7 @@ from facepipe.data.synth_face import (FaceIdentity, draw_face, face_landmarks, f
 from facepipe.data.recordio import encode_image
 from facepipe.data.synth_nuisance import background, degrade, light
 from facepipe.errors import ConfigError
-from facepipe.gallery.align import ARCFACE_TEMPLATE_112 as ARCFACE_TEMPLATE
+from facepipe.gallery.align import ARCFACE_TEMPLATE_112 as ARCFACE_TEMPLATE, similarity_transform
 from facepipe.run_logger import NullLogger, RunLogger
 
 SPLITS = ("train", "val", "test")
@@ -83,18 +83,6 @@ class SynthConfig:
                               f"{self.scene_size} px with max_face_fraction {self.max_face_fraction}")
 
 
-def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (rotation, uniform scale, shift) mapping src points onto dst."""
-    sm, dm = src.mean(0), dst.mean(0)
-    s, d = src - sm, dst - dm
-    a = (s * d).sum()
-    b = (s[:, 0] * d[:, 1] - s[:, 1] * d[:, 0]).sum()
-    n = (s ** 2).sum()
-    c, si = a / n, b / n
-    R = np.array([[c, -si], [si, c]])
-    return np.concatenate([R, (dm - R @ sm)[:, None]], 1)
-
-
 def _jitter(angle_deg: float, scale: float, shift: tuple[float, float], center: float) -> np.ndarray:
     a = math.radians(angle_deg)
     R = scale * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
@@ -116,7 +104,7 @@ def render_face_image(ident: FaceIdentity, rng: np.random.Generator, size: int =
     img = background(rng, size, size, shapes=int(rng.integers(0, 4)))
     # Align this shot's landmarks onto the template (what a real aligner does), then jitter it.
     template = ARCFACE_TEMPLATE * (size / 112.0)
-    align = similarity(face_landmarks(ident, pose) * (size / 112.0), template)
+    align = similarity_transform(face_landmarks(ident, pose) * (size / 112.0), template)
     jit = _jitter(rng.normal(0, 5 * nuisance), 1 + rng.normal(0, 0.04 * nuisance),
                   tuple(rng.normal(0, 1.5 * nuisance * size / 112, 2)), size / 2)
     M = _compose(jit, _compose(align, np.diag([size / 112.0, size / 112.0, 1])[:2]))

@@ -40,11 +40,15 @@ class Faces:
 
 
 def random_square_crop(image: np.ndarray, faces: Faces, scales, rng: np.random.Generator,
-                       tries: int = 250) -> tuple[np.ndarray, Faces]:
+                       tries: int = 250, min_visible: float = 0.0) -> tuple[np.ndarray, Faces]:
     """A square crop (side = scale x short side) that contains at least one face centre.
 
-    Faces whose centre falls outside are removed; the rest are clipped to the crop. An image without
-    faces gets any crop (it stays a negative). After `tries` failures the image is returned whole.
+    Faces whose centre falls outside are removed; the rest are clipped to the crop. With
+    `min_visible` > 0 a crop that would keep a face with less than that share of its box is
+    redrawn: where faces fill much of the photo (whole LFW photos) small crops would otherwise
+    label a cheek or an eye as a whole face, and the detector learns to box face parts. An image
+    without faces gets any crop (it stays a negative). After `tries` failures the image is returned
+    whole.
     """
     h, w = image.shape[:2]
     short = min(h, w)
@@ -61,7 +65,12 @@ def random_square_crop(image: np.ndarray, faces: Faces, scales, rng: np.random.G
             continue
         kept = faces.select(inside)
         boxes = kept.boxes - np.array([x0, y0, x0, y0], np.float32)
-        boxes = np.clip(boxes, 0, side)
+        clipped = np.clip(boxes, 0, side)
+        if min_visible > 0:
+            area = np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 1e-6, None), 1)
+            if (np.prod(clipped[:, 2:] - clipped[:, :2], 1) < min_visible * area).any():
+                continue
+        boxes = clipped
         landmarks = kept.landmarks - np.array([x0, y0], np.float32)
         return image[y0:y0 + side, x0:x0 + side], Faces(boxes, landmarks, kept.has_landmarks)
     return image, faces
@@ -116,9 +125,10 @@ def to_input(image: np.ndarray) -> np.ndarray:
 
 
 def augment(image: np.ndarray, faces: Faces, size: int, rng: np.random.Generator, scales,
-            min_face_size: float = 2.0, photometric: bool = True, flip: bool = True) -> tuple[np.ndarray, Faces]:
+            min_face_size: float = 2.0, photometric: bool = True, flip: bool = True,
+            min_visible: float = 0.0) -> tuple[np.ndarray, Faces]:
     """The full training transform; returns a `size`x`size` uint8 image and faces in its pixels."""
-    image, faces = random_square_crop(image, faces, scales, rng)
+    image, faces = random_square_crop(image, faces, scales, rng, min_visible=min_visible)
     if photometric:
         image = photometric_distort(image, rng)
     if flip and rng.random() < 0.5:

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from facepipe.config import bounded, choice, listfield
 from facepipe.errors import ConfigError
 from facepipe.training.launch import SCALE_KEYS, nodes_field, nproc_per_node_field
+from facepipe.training.mirror import checkpoint_uri_field
 from facepipe.training.schedule import SCHEDULES, check_schedule
 
 # Keys that may change between a run and its resume (they do not change what is learned).
 RESUME_FREE_KEYS = ("workers", "checkpoint_every", "log_every", "export_onnx", "eval_max_images", "device",
-                    *SCALE_KEYS)
+                    "checkpoint_uri", *SCALE_KEYS)
 
 
 @dataclass
@@ -50,10 +51,14 @@ class DetectionTrainConfig:
     deterministic: bool = True
     seed: int = 0
     checkpoint_every: int = bounded(500, low=0, help="steps between checkpoints, besides epoch ends (0: off)")
+    checkpoint_uri: str = checkpoint_uri_field()
     log_every: int = bounded(10, low=1)
     workers: int = bounded(0, low=0, high=64, help="data loader processes")
     crop_scales: list[float] = listfield([0.3, 0.45, 0.6, 0.8, 1.0],
                                          help="square crop side as a fraction of the short image side")
+    crop_min_visible: float = bounded(0.0, low=0.0, high=1.0,
+                                      help="redraw a crop that keeps a face with less than this share of its box "
+                                           "(0: the reference's crop; for photos where faces are large)")
     min_face_size: float = bounded(2.0, low=0.0, help="faces smaller than this (px, after resize) are dropped")
     photometric: bool = True
     flip: bool = True

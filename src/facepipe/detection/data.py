@@ -107,9 +107,9 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __init__(self, samples: list[Sample], image_size: int, seed: int = 0, train: bool = True,
                  scales=(0.3, 0.45, 0.6, 0.8, 1.0), min_face_size: float = 2.0, photometric: bool = True,
-                 flip: bool = True):
+                 flip: bool = True, min_visible: float = 0.0):
         self.samples, self.size, self.seed, self.train = samples, image_size, seed, train
-        self.scales, self.min_face_size = list(scales), min_face_size
+        self.scales, self.min_face_size, self.min_visible = list(scales), min_face_size, min_visible
         self.photometric, self.flip = photometric, flip
 
     def __len__(self) -> int:
@@ -122,7 +122,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         if self.train:
             rng = np.random.default_rng([self.seed, epoch, index])
             image, faces = augment(image, sample.faces, self.size, rng, self.scales, self.min_face_size,
-                                   self.photometric, self.flip)
+                                   self.photometric, self.flip, self.min_visible)
         else:
             image, faces = resize_only(image, sample.faces, self.size)
         return torch.from_numpy(to_input(image)), torch.from_numpy(faces_to_target(faces, self.size))

@@ -27,11 +27,16 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
 
 
-def match_image(dets: np.ndarray, gts: np.ndarray, iou_threshold: float, min_size: float):
-    """Per detection (score, outcome) with outcome 1 = TP, 0 = FP, -1 = matched an ignored face."""
+def match_image(dets: np.ndarray, gts: np.ndarray, iou_threshold: float, min_size: float,
+                ignore: np.ndarray | None = None):
+    """Per detection (score, outcome) with outcome 1 = TP, 0 = FP, -1 = matched an ignored face
+    (one below `min_size`, or one of the `ignore` boxes: faces a set knows of but does not score)."""
     dets = dets[np.argsort(-dets[:, 4])] if len(dets) else dets.reshape(0, 5)
     sizes = np.sqrt(np.clip(gts[:, 2] - gts[:, 0], 0, None) * np.clip(gts[:, 3] - gts[:, 1], 0, None))
     ignored = sizes < min_size
+    if ignore is not None and len(ignore):
+        gts = np.concatenate([gts[:, :4], np.asarray(ignore, np.float64).reshape(-1, 4)])
+        ignored = np.concatenate([ignored, np.ones(len(ignore), bool)])
     outcome = np.zeros(len(dets), np.int8)
     if len(gts) and len(dets):
         overlaps = box_iou(dets[:, :4], gts[:, :4])
@@ -58,16 +63,17 @@ def all_point_ap(recall: np.ndarray, precision: np.ndarray) -> float:
 
 
 def pr_curve(predictions: list[np.ndarray], ground_truth: list[np.ndarray], iou_threshold: float = 0.5,
-             min_size: float = 0.0) -> dict:
-    """Precision/recall/FPPI arrays over all images. predictions: (K, >=5) xyxy+score; gts: (M, >=4) xyxy."""
+             min_size: float = 0.0, ignore: list[np.ndarray] | None = None) -> dict:
+    """Precision/recall/FPPI arrays over all images. predictions: (K, >=5) xyxy+score; gts: (M, >=4) xyxy;
+    ignore: per image (J, 4) xyxy boxes that count neither way."""
     if len(predictions) != len(ground_truth):
         raise ValueError(f"{len(predictions)} prediction lists for {len(ground_truth)} images")
     scores, outcomes, num_gt = [], [], 0
-    for dets, gts in zip(predictions, ground_truth):
+    for i, (dets, gts) in enumerate(zip(predictions, ground_truth)):
         dets = np.asarray(dets, np.float64)
         gts = np.asarray(gts, np.float64)
         s, o, n = match_image(dets if dets.size else np.zeros((0, 5)), gts if gts.size else np.zeros((0, 4)),
-                              iou_threshold, min_size)
+                              iou_threshold, min_size, ignore[i] if ignore is not None else None)
         scores.append(s)
         outcomes.append(o)
         num_gt += n
@@ -89,9 +95,9 @@ def recall_at_fppi(curve: dict, fppi: float) -> float:
 
 
 def score_detections(predictions: list[np.ndarray], ground_truth: list[np.ndarray], prefix: str = "detection",
-                     iou_threshold: float = 0.5):
+                     iou_threshold: float = 0.5, ignore: list[np.ndarray] | None = None):
     """The metric dict (stable keys `PREFIX.ap50`, `PREFIX.ap50_easy`, ...) and the PR curves per subset."""
-    curves = {name: pr_curve(predictions, ground_truth, iou_threshold, size) for name, size in SUBSETS.items()}
+    curves = {name: pr_curve(predictions, ground_truth, iou_threshold, size, ignore) for name, size in SUBSETS.items()}
     metrics = {f"{prefix}.ap50": all_point_ap(curves["hard"]["recall"], curves["hard"]["precision"])}
     for name, c in curves.items():
         metrics[f"{prefix}.ap50_{name}"] = all_point_ap(c["recall"], c["precision"])
@@ -136,6 +142,7 @@ def evaluate_detection(model_path: str | Path, data: str | Path, out_dir: str | 
     Writes OUT/metrics.json (`detection.ap50`, `detection.ap50_{easy,medium,hard}`,
     `detection.recall_at_{0.1,1}fppi`, ...), OUT/pr_curve.png, OUT/detections.json, then the manifest.
     """
+    from facepipe.data.composite import read_ignored
     from facepipe.detection.data import find_label_file, load_samples, read_image
     from facepipe.detection.infer import Detector
     from facepipe.manifest import write_manifest
@@ -155,7 +162,11 @@ def evaluate_detection(model_path: str | Path, data: str | Path, out_dir: str | 
             predictions += detector.detect_batch([read_image(s.path) for s in chunk], score_threshold,
                                                  nms_threshold, scales)
             progress.update(len(chunk))
-    metrics, curves = score_detections(predictions, ground_truth_boxes(samples))
+    # Faces a set knows of but does not score (facepipe.data.composite's ignore.json), by image path.
+    ignored = read_ignored(label_txt.parent)
+    ignore = [ignored.get(s.path.relative_to(label_txt.parent / "images").as_posix(), np.zeros((0, 4)))
+              if s.path.is_relative_to(label_txt.parent / "images") else np.zeros((0, 4)) for s in samples]
+    metrics, curves = score_detections(predictions, ground_truth_boxes(samples), ignore=ignore)
     metrics["detection.model_sha256"] = detector.digest
     plot_pr_curves(curves, out_dir / "pr_curve.png")
     (out_dir / "detections.json").write_text(json.dumps(
@@ -166,3 +177,26 @@ def evaluate_detection(model_path: str | Path, data: str | Path, out_dir: str | 
     logger.log_artifact(out_dir / "pr_curve.png")
     write_manifest(out_dir, kind="detection_evaluation", extra={"data": str(label_txt), "model": str(model_path)})
     return metrics
+
+
+def landmark_errors(predictions: list[np.ndarray], samples, iou_threshold: float = 0.5) -> np.ndarray:
+    """Per labelled face with landmarks that a detection matches (best IoU >= threshold): the mean
+    distance of the 5 predicted points to the labelled ones over the face size sqrt(w*h)."""
+    errors = []
+    for dets, sample in zip(predictions, samples):
+        faces = sample.faces
+        dets = np.asarray(dets, np.float64).reshape(-1, 15)
+        if not len(dets) or not faces.has_landmarks.any():
+            continue
+        overlaps = box_iou(faces.boxes.astype(np.float64), dets[:, :4])
+        for k in np.flatnonzero(faces.has_landmarks):
+            # The highest-scoring detection that overlaps enough: what a user of the detector would take.
+            ok = np.flatnonzero(overlaps[k] >= iou_threshold)
+            if not len(ok):
+                continue
+            best = ok[int(dets[ok, 4].argmax())]
+            x1, y1, x2, y2 = faces.boxes[k]
+            size = np.sqrt(max(x2 - x1, 1e-6) * max(y2 - y1, 1e-6))
+            dist = np.linalg.norm(dets[best, 5:15].reshape(5, 2) - faces.landmarks[k], axis=1)
+            errors.append(dist.mean() / size)
+    return np.asarray(errors, np.float64)

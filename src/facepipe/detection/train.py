@@ -95,7 +95,7 @@ def _train(cfg: DetectionTrainConfig, data_dir: Path, out_dir: Path, logger, ctx
     val_label = data_dir / "val" / "label.txt"
     val_samples = load_samples(val_label) if val_label.is_file() else []
     dataset = DetectionDataset(train_samples, cfg.image_size, cfg.seed, True, cfg.crop_scales,
-                               cfg.min_face_size, cfg.photometric, cfg.flip)
+                               cfg.min_face_size, cfg.photometric, cfg.flip, cfg.crop_min_visible)
     spe = EpochBatches(len(dataset), cfg.batch_size, cfg.seed, cfg.epochs, ctx.rank, world).steps_per_epoch
     total_steps = min(spe * cfg.epochs, cfg.max_steps or spe * cfg.epochs)
 
@@ -108,7 +108,8 @@ def _train(cfg: DetectionTrainConfig, data_dir: Path, out_dir: Path, logger, ctx
     scheduler = lr_scheduler(optimizer, cfg, total_steps, round(cfg.warmup_epochs * spe), budget)
     scaler = grad_scaler(device, cfg.amp)
     data = {"digest": content_digest(find_label_file(data_dir, "train")), "images": len(train_samples)}
-    checkpoints, state = Checkpoints(out_dir, ctx, to_dict(cfg), RESUME_FREE_KEYS, data), TrainState()
+    checkpoints, state = Checkpoints(out_dir, ctx, to_dict(cfg), RESUME_FREE_KEYS, data,
+                                    cfg.checkpoint_uri), TrainState()
     stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, **({"scaler": scaler} if scaler else {})}
     ckpt = checkpoints.resume(stateful)
     state = TrainState.from_dict(ckpt["state"]) if ckpt else state
@@ -138,17 +139,21 @@ def _train(cfg: DetectionTrainConfig, data_dir: Path, out_dir: Path, logger, ctx
                   lambda: checkpoints.save(stateful, state))
     budget.start = time.perf_counter()  # the budget is for training, not for loading
     train_model.train()
-    if state.step < total_steps:
-        try:
+    try:
+        if state.step < total_steps:
             train_steps(state, loader, forward, optimizer, scheduler, scaler, list(model.parameters()), cfg.clip_grad,
                         log, checkpoints, " or check the labels")
-        finally:
-            log.progress.close()
-    if checkpoints.saved_step != state.step:
-        checkpoints.save(stateful, state)
+        if checkpoints.saved_step != state.step:
+            checkpoints.save(stateful, state)
+    except BaseException:
+        checkpoints.close(raise_errors=False)
+        raise
+    finally:
+        log.progress.close()
+    checkpoints.close()
     elapsed = time.perf_counter() - budget.start
     history = state.history
-    metrics = {"train.steps": state.step, "total_steps": total_steps, "train.finished": state.step >= total_steps,
+    metrics = {"train.steps": state.step, "resumed_from_step": first_step, "total_steps": total_steps, "train.finished": state.step >= total_steps,
                "train.epochs_done": state.step / spe, "train.seconds": elapsed,
                "train.images_per_s": (state.step - first_step) * cfg.batch_size * world / max(elapsed, 1e-9),
                # past start-up (workers, allocator)

@@ -119,15 +119,17 @@ def plot_identification(details: dict, out_dir: Path, title: str = "") -> list[P
     return paths
 
 
-def _embed_probe_tree(probe_dir, recognizer, aligner, batch_size: int, desc: str):
+def embed_tree(tree_root, recognizer, aligner, batch_size: int, desc: str):
+    """Embed every image of an identity tree, no-face images center-cropped (scored, not dropped):
+    `(embeddings, identity per row, file per row, record per row)`."""
     from facepipe.gallery.build import embed_identity_tree, scan_identity_tree
 
-    tree, _ = scan_identity_tree(probe_dir)
-    emb, labels, records = embed_identity_tree(tree, Path(probe_dir), aligner, recognizer, batch_size,
+    tree, _ = scan_identity_tree(tree_root)
+    emb, labels, records = embed_identity_tree(tree, Path(tree_root), aligner, recognizer, batch_size,
                                                no_face="center_crop", desc=desc)
     names = [tree[i][0] for i in labels]
-    files = [r["file"] for r in records if r["row"] is not None]
-    return emb, names, files, records
+    embedded = sorted((r for r in records if r["row"] is not None), key=lambda r: r["row"])
+    return emb, names, [r["file"] for r in embedded], embedded
 
 
 def evaluate_identification(model_path, gallery_dir, probe_dir, out_dir, distractor_dir=None,
@@ -157,11 +159,12 @@ def evaluate_identification(model_path, gallery_dir, probe_dir, out_dir, distrac
     else:
         cfg = GalleryConfig(batch_size=batch_size, no_face="center_crop", center_crop=center_crop)
         gallery, _ = gallery_from_tree(cfg, gallery_dir, recognizer, aligner)
-    probe_emb, probe_names, probe_files, _ = _embed_probe_tree(probe_dir, recognizer, aligner, batch_size, "probes")
+    probe_emb, probe_names, probe_files, _ = embed_tree(probe_dir, recognizer, aligner, batch_size, "probes")
     distractor_emb = None
     if distractor_dir is not None:
-        distractor_emb = _embed_probe_tree(distractor_dir, recognizer, aligner, batch_size, "distractors")[0]
+        distractor_emb = embed_tree(distractor_dir, recognizer, aligner, batch_size, "distractors")[0]
     metrics, details = identification_metrics(gallery, probe_emb, probe_names, distractor_emb)
+    metrics.update(aligner.summary("identification."))  # gallery (when enrolled here), probes, distractors
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     mated_files = [f for f, n in zip(probe_files, probe_names) if n in set(gallery.identities)]
     with open(out / "probes.csv", "w", newline="") as f:

@@ -24,8 +24,9 @@ from facepipe.run_logger import NullLogger, RunLogger
 # Headline keys present in every metrics.json (None when their part was skipped).
 STABLE_KEYS = (
     "verification.accuracy", "verification.auc", "verification.tar_at_far_1e-2", "verification.tar_at_far_1e-3",
-    "identification.rank1", "identification.rank5", "identification.dir_at_far_1e-2",
-    "identification.num_gallery", "identification.num_mated", "identification.num_nonmated",
+    "identification.rank1", "identification.rank5", "identification.dir_at_far_1e-1",
+    "identification.dir_at_far_1e-2", "identification.dir_at_far_1e-3",
+    "identification.far_at_gallery_threshold", "identification.num_gallery", "identification.num_mated", "identification.num_nonmated",
     "detection.ap50",
 )
 PARTS = ("verification", "identification", "detection")
@@ -40,32 +41,24 @@ class EvaluateConfig:
     detection: bool = True
     enrol_per_identity: int = bounded(3, low=1, help="without a gallery: first K images per identity enrolled, "
                                                      "the rest are probes")
-    align_faces_with_detector: bool = False  # synth face crops are already near the template
+    # Faces of verification and identification aligned on the detector's landmarks (center crop
+    # where it finds none or they are implausible: counted in `*.alignment.fallback`).
+    align_faces_with_detector: bool = True
     detection_split: str = "test"
     detection_max_images: int = bounded(0, low=0, help="0: every image of the split")
     batch_size: int = bounded(64, low=1)
 
 
-def _embed_faces(tree_root: Path, recognizer, aligner, batch_size: int):
-    from facepipe.gallery.build import embed_identity_tree, scan_identity_tree
-
-    tree, _ = scan_identity_tree(tree_root)
-    emb, labels, records = embed_identity_tree(tree, tree_root, aligner, recognizer, batch_size,
-                                               no_face="center_crop", desc=f"embedding {tree_root.name}")
-    names = [tree[i][0] for i in labels]
-    files = [r["file"] for r in records if r["row"] is not None]
-    return emb, names, files
-
-
 def _identification(cfg: EvaluateConfig, data: Path, recognizer, aligner, gallery_dir, out: Path) -> dict:
-    from facepipe.evaluation.identification import identification_metrics, plot_identification
+    from facepipe.evaluation.identification import embed_tree, identification_metrics, plot_identification
     from facepipe.gallery.build import GalleryConfig, make_gallery
     from facepipe.gallery.store import Gallery
 
     faces = data / "faces"
     if not faces.is_dir():
         raise _Skip(f"no identity folders at {faces}")
-    emb, names, files = _embed_faces(faces, recognizer, aligner, cfg.batch_size)
+    aligner.reset()
+    emb, names, files, embedded = embed_tree(faces, recognizer, aligner, cfg.batch_size, "embedding faces")
     if gallery_dir is not None:
         gallery = Gallery.load(gallery_dir, verify=True)
         gallery.check_recognizer(recognizer.digest, recognizer.embedding_size)
@@ -81,7 +74,7 @@ def _identification(cfg: EvaluateConfig, data: Path, recognizer, aligner, galler
         enrol_idx = np.flatnonzero(~probe)
         identities = sorted({names[i] for i in enrol_idx})
         labels = np.array([identities.index(names[i]) for i in enrol_idx], np.int32)
-        records = [{"identity": names[i], "file": files[i], "row": j} for j, i in enumerate(enrol_idx)]
+        records = [{**embedded[i], "row": j} for j, i in enumerate(enrol_idx)]
         gallery = make_gallery(GalleryConfig(), identities, emb[enrol_idx], labels, records, recognizer,
                                aligner, str(faces))
         source = f"first {cfg.enrol_per_identity} images per identity of {faces}"
@@ -91,13 +84,14 @@ def _identification(cfg: EvaluateConfig, data: Path, recognizer, aligner, galler
                     "(build the gallery with max_images_per_identity=K to leave probes)")
     distractors = None
     if (data / "faces_eval").is_dir():
-        distractors = _embed_faces(data / "faces_eval", recognizer, aligner, cfg.batch_size)[0]
+        distractors = embed_tree(data / "faces_eval", recognizer, aligner, cfg.batch_size, "embedding faces_eval")[0]
     probe_idx = np.flatnonzero(probe)
     metrics, details = identification_metrics(gallery, emb[probe_idx], [names[i] for i in probe_idx], distractors)
     sub = out / "identification"
     sub.mkdir(parents=True, exist_ok=True)
     plots = plot_identification(details, sub, "(synthetic)")
     metrics["identification.source"] = source
+    metrics.update(aligner.summary("identification."))
     return {"metrics": metrics, "plots": plots}
 
 
@@ -150,7 +144,7 @@ def evaluate_pipeline(cfg: EvaluateConfig, data_dir, detector_path, recognizer_p
     if recognizer_path is not None and (cfg.verification or cfg.identification):
         recognizer = Recognizer.load(str(recognizer_path))
         aligner = FaceAligner(detector_path if cfg.align_faces_with_detector else None,
-                              center_crop=fallback_crop(None, recognizer))
+                              center_crop=fallback_crop(None, recognizer))  # one for every part
     for part in PARTS:
         if not getattr(cfg, part):
             skipped[part] = "disabled in the config"

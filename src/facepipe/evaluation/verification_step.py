@@ -15,19 +15,13 @@ from facepipe.evaluation.verification import plot_roc_det, verification_metrics
 from facepipe.run_logger import NullLogger
 
 
-def face_preparer(recognizer, detector_path=None, center_crop: float | None = None):
-    """image_bgr -> face at the recognizer's input size: detector alignment, else a center crop."""
-    size = recognizer.input_size
-    if detector_path is not None:
-        from facepipe.gallery.align import FaceAligner
+def face_aligner(recognizer, detector_path=None, center_crop: float | None = None):
+    """The aligner for verification faces: detector landmarks, else (or where they fail) a center
+    crop of the share the recognizer was trained on."""
+    from facepipe.gallery.align import FaceAligner
+    from facepipe.gallery.build import fallback_crop
 
-        aligner = FaceAligner(detector_path)
-        # align() returns (aligned_face, info); only the face is embedded.
-        return lambda image: aligner.align(image, size)[0]
-    from facepipe.data.crop import center_crop_resize
-
-    crop = recognizer.center_crop if center_crop is None else center_crop
-    return lambda image: center_crop_resize(image, size, crop)
+    return FaceAligner(detector_path, center_crop=fallback_crop(center_crop, recognizer))
 
 
 def evaluate_verification(model_path, pairs_path, images_dir, out_dir, detector_path=None,
@@ -41,12 +35,15 @@ def evaluate_verification(model_path, pairs_path, images_dir, out_dir, detector_
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     recognizer = Recognizer.load(model_path)
-    target = load_verification_set(pairs_path, images_dir, face_preparer(recognizer, detector_path, center_crop))
+    aligner = face_aligner(recognizer, detector_path, center_crop)
+    size = recognizer.input_size
+    target = load_verification_set(pairs_path, images_dir, lambda image: aligner.align(image, size)[0])
     emb = recognizer.embed(target.faces)
     scores = np.sum(emb[target.left] * emb[target.right], axis=1)
     found = verification_metrics(scores, target.same, target.folds)
     metrics = {f"verification.{k}": v for k, v in found.items()}
     metrics["verification.pairs"] = int(len(scores))
+    metrics.update(aligner.summary("verification."))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     with open(out_dir / "scores.csv", "w") as f:
         for s, y in zip(scores, target.same):

@@ -1,8 +1,10 @@
 """`build_gallery`: enrol identity folders into a searchable gallery (the seed's run_generate_data_base.sh).
 
-Per image: detect, pick the main face, align onto the ArcFace template, embed (image + flip,
-L2-normalised); per identity a mean template or all embeddings; then a FAISS index, an open-set
-threshold calibrated for a target FAR, a report of problem images and folders, and manifest.json.
+Per image: detect, pick the main face, align onto the ArcFace template (center crop where there is
+no face or its landmarks are implausible; counted as `alignment.fallback`), embed (image + flip,
+L2-normalised); per identity a mean template (quality-weighted: `template_weighting`) or all
+embeddings; then a FAISS index, an open-set threshold calibrated for a target FAR, a report of
+problem images and folders, and manifest.json.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import numpy as np
 
 from facepipe.config import bounded, choice, to_dict
 from facepipe.errors import ConfigError, DataError
-from facepipe.gallery.store import FORMAT_VERSION, Gallery, check_replaceable, save_replacing
+from facepipe.gallery.store import (FORMAT_VERSION, WEIGHTINGS, Gallery, check_replaceable, row_weights,
+                                    save_replacing)
 from facepipe.progress import Progress
 from facepipe.run_logger import NullLogger, RunLogger
 
@@ -30,6 +33,9 @@ class GalleryConfig:
     """How identities are enrolled and searched."""
 
     template: str = choice("mean", ["mean", "all"], help="one mean embedding per identity, or every image")
+    template_weighting: str = choice("embedding_norm", list(WEIGHTINGS),
+                                     help="weight of each image in its person's mean template: equal, "
+                                          "detector confidence, or the embedding's norm before normalising")
     dtype: str = choice("float32", ["float32", "float16"], help="stored embedding precision")
     index: str = choice("flat", ["flat", "ivf", "hnsw"], help="exact inner product, or approximate for large galleries")
     ivf_nlist: int = bounded(0, low=0, help="IVF lists (0: about 4 sqrt(rows))")
@@ -109,8 +115,9 @@ def embed_identity_tree(identities: list[tuple[str, list[Path]]], root: Path, al
     """Align and embed every image: `(embeddings (M,D), labels (M,), records)`.
 
     `records` has one dict per image (enrolled or not): identity, file, status
-    (ok | several_faces | no_face | no_detector | unreadable), faces, used_landmarks, box, score,
-    and `row` (its embedding row, or None when left out).
+    (ok | several_faces | no_face | no_detector | unreadable), faces, used_landmarks, fallback,
+    box, score, `row` (its embedding row, or None when left out) and, when embedded,
+    `embedding_norm` (the feature norm before normalising: a quality signal).
     """
     size = input_size_of(recognizer)
     total = sum(len(images) for _, images in identities)
@@ -120,7 +127,10 @@ def embed_identity_tree(identities: list[tuple[str, list[Path]]], root: Path, al
 
     def flush():
         if batch:
-            chunks.append(np.asarray(recognizer.embed(np.stack(batch)), np.float32).reshape(len(batch), dim))
+            emb, norms = recognizer.embed(np.stack(batch), norms=True)
+            chunks.append(np.asarray(emb, np.float32).reshape(len(batch), dim))
+            for rec, norm in zip(batch_records, norms):
+                rec["embedding_norm"] = round(float(norm), 4)
             batch.clear()
             batch_records.clear()
 
@@ -155,12 +165,16 @@ def embed_identity_tree(identities: list[tuple[str, list[Path]]], root: Path, al
 
 def problem_report(records: list[dict], tree_report: dict) -> dict:
     """Per-image problems (not fatal) plus the folder-level findings."""
+    from facepipe.gallery.align import alignment_summary
+
     by = lambda status: [r["file"] for r in records if r.get("status") == status]  # noqa: E731
     return {
         "images": len(records),
         "enrolled_images": sum(r["row"] is not None for r in records),
         "no_face": by("no_face"), "several_faces": by("several_faces"), "unreadable": by("unreadable"),
         "center_cropped": [r["file"] for r in records if r["row"] is not None and not r.get("used_landmarks")],
+        # every image that was aligned or center-cropped, enrolled or not: alignment.* counts
+        **alignment_summary(r["fallback"] for r in records if "fallback" in r),
         **tree_report,
     }
 
@@ -205,7 +219,8 @@ def make_gallery(cfg: GalleryConfig, names: list[str], embeddings: np.ndarray, l
     meta = {
         "format": FORMAT_VERSION, "recognizer_digest": recognizer.digest,
         "detector_digest": aligner.digest, "embedding_size": int(recognizer.embedding_size),
-        "input_size": input_size_of(recognizer), "template": cfg.template, "dtype": cfg.dtype,
+        "input_size": input_size_of(recognizer), "template": cfg.template,
+        "template_weighting": cfg.template_weighting, "dtype": cfg.dtype,
         "index": cfg.index, "ivf_nlist": cfg.ivf_nlist, "ivf_nprobe": cfg.ivf_nprobe,
         "hnsw_m": cfg.hnsw_m, "hnsw_ef_search": cfg.hnsw_ef_search, "target_far": cfg.target_far,
         "alignment": "landmarks" if aligner.detector is not None else "center_crop",
@@ -214,7 +229,8 @@ def make_gallery(cfg: GalleryConfig, names: list[str], embeddings: np.ndarray, l
     }
     calib = None if calibration_embeddings is None else calibration_embeddings.astype(cfg.dtype)
     gallery = Gallery(meta=meta, identities=list(names), image_embeddings=embeddings.astype(cfg.dtype),
-                      image_identity=np.asarray(labels, np.int32), images=records, calibration_embeddings=calib)
+                      image_identity=np.asarray(labels, np.int32), images=records, calibration_embeddings=calib,
+                      image_weight=row_weights(records, len(embeddings), cfg.template_weighting))
     gallery.reindex()
     return gallery
 
@@ -248,7 +264,8 @@ def build_gallery(cfg: GalleryConfig, data_dir, detector_path, recognizer_path, 
     save_replacing(gallery, out, report)
     metrics = {"gallery.identities": report["identities"], "gallery.images": report["images"],
                "gallery.enrolled_images": report["enrolled_images"],
-               "gallery.no_face": len(report["no_face"]), "gallery.several_faces": len(report["several_faces"])}
+               "gallery.no_face": len(report["no_face"]), "gallery.several_faces": len(report["several_faces"]),
+               **{f"gallery.{k}": v for k, v in report.items() if k.startswith("alignment.") and v is not None}}
     if gallery.threshold is not None:
         metrics["gallery.threshold"] = gallery.threshold
     logger.log_metrics(metrics)
@@ -267,6 +284,11 @@ def summary_lines(report: dict) -> list[str]:
         if items:
             shown = json.dumps(items[:5], ensure_ascii=False)
             lines.append(f"{key}: {len(items)} {shown}{' ...' if len(items) > 5 else ''}")
+    if report.get("alignment.fallback"):
+        reasons = {k.rsplit("fallback_", 1)[1]: v for k, v in report.items()
+                   if k.startswith("alignment.fallback_") and k != "alignment.fallback_rate"}
+        lines.append(f"alignment: {report['alignment.aligned']} faces aligned on landmarks, "
+                     f"{report['alignment.fallback']} center-cropped {reasons}")
     if report["calibration"].get("note"):
         lines.append(f"calibration: {report['calibration']['note']}")
     return lines

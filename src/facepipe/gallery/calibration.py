@@ -35,39 +35,47 @@ def false_alarm_rate(nonmated_top_scores: np.ndarray, threshold: float) -> float
     return float(np.mean(s >= threshold)) if s.size else float("nan")
 
 
-def mean_templates(embeddings: np.ndarray, labels: np.ndarray, num_identities: int) -> np.ndarray:
-    """Per-identity mean of L2-normalised embeddings, renormalised (zero rows stay zero)."""
+def mean_templates(embeddings: np.ndarray, labels: np.ndarray, num_identities: int,
+                   weights: np.ndarray | None = None) -> np.ndarray:
+    """Per-identity (weighted) mean of L2-normalised embeddings, renormalised (zero rows stay zero).
+
+    `weights` (one per embedding, >= 0): a better photo counts more in its person's template.
+    """
     d = embeddings.shape[1]
+    emb = embeddings.astype(np.float64)
+    if weights is not None:
+        emb = emb * np.asarray(weights, np.float64)[:, None]
     sums = np.zeros((num_identities, d), np.float64)
-    np.add.at(sums, labels, embeddings.astype(np.float64))
+    np.add.at(sums, labels, emb)
     norms = np.linalg.norm(sums, axis=1, keepdims=True)
     return (sums / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def leave_identity_out_scores(embeddings: np.ndarray, labels: np.ndarray, num_identities: int,
-                              template: str = "mean") -> dict[str, np.ndarray]:
+                              template: str = "mean", weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Search every enrolled image against the gallery as if it were a probe.
 
     `nonmated`: its best score among OTHER identities (one per image).
-    `mated`: its score against its own identity with the image itself left out (mean of the
-    rest, or best of the rest for `all`); NaN for identities with a single image.
+    `mated`: its score against its own identity with the image itself left out (the weighted
+    mean of the rest, or best of the rest for `all`); NaN for identities with a single image.
     """
     emb = np.asarray(embeddings, np.float32)
     labels = np.asarray(labels, np.int64)
     n = len(emb)
+    w = np.ones(n, np.float64) if weights is None else np.asarray(weights, np.float64)
     nonmated = np.full(n, -np.inf, np.float32)
     mated = np.full(n, np.nan, np.float32)
     counts = np.bincount(labels, minlength=num_identities)
     if template == "mean":
         sums = np.zeros((num_identities, emb.shape[1]), np.float64)
-        np.add.at(sums, labels, emb.astype(np.float64))
-        templates = mean_templates(emb, labels, num_identities)
+        np.add.at(sums, labels, emb.astype(np.float64) * w[:, None])
+        templates = mean_templates(emb, labels, num_identities, w)
         for start in range(0, n, _PROBE_BLOCK):
             e, lab = emb[start:start + _PROBE_BLOCK], labels[start:start + _PROBE_BLOCK]
             scores = e @ templates.T
             scores[np.arange(len(e)), lab] = -np.inf
             nonmated[start:start + len(e)] = scores.max(axis=1) if num_identities > 1 else -np.inf
-            rest = sums[lab] - e
+            rest = sums[lab] - e * w[start:start + _PROBE_BLOCK, None]
             norm = np.linalg.norm(rest, axis=1)
             ok = counts[lab] > 1
             mated[start:start + len(e)][ok] = ((rest[ok] * e[ok]).sum(1) / np.maximum(norm[ok], 1e-12))
@@ -87,13 +95,13 @@ def leave_identity_out_scores(embeddings: np.ndarray, labels: np.ndarray, num_id
 
 def calibrate(embeddings: np.ndarray, labels: np.ndarray, num_identities: int, template: str,
               target_far: float, gallery_rows: np.ndarray | None = None,
-              calibration_embeddings: np.ndarray | None = None) -> dict:
+              calibration_embeddings: np.ndarray | None = None, weights: np.ndarray | None = None) -> dict:
     """Threshold for `target_far`, with the split it came from and what it achieves there.
 
     With `calibration_embeddings` (non-enrolled people) those are searched against
     `gallery_rows`; otherwise leave-identity-out over the enrolled images.
     """
-    loo = leave_identity_out_scores(embeddings, labels, num_identities, template)
+    loo = leave_identity_out_scores(embeddings, labels, num_identities, template, weights)
     if calibration_embeddings is not None and len(calibration_embeddings) and gallery_rows is not None \
             and len(gallery_rows):
         from facepipe.gallery.search import top_k_exact

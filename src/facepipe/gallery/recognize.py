@@ -118,7 +118,8 @@ class Matcher:
         """Every face of each image as `(aligned, face record)`, detected in one batch."""
         found = self.aligner.align_all_batch(images, self.size)
         return [[(aligned, {"box": info["box"], "detector_score": info["score"], "landmarks": info["landmarks"],
-                            "alignment": "landmarks" if info["used_landmarks"] else "center_crop"})
+                            "alignment": "landmarks" if info["used_landmarks"] else "center_crop",
+                            "fallback": info["fallback"]})
                  for aligned, info in faces] for faces in found]
 
     def name_faces(self, faces: list[dict], aligned: list[np.ndarray], top_k: int | None = None,
@@ -143,7 +144,7 @@ class Matcher:
 def recognize(cfg: RecognizeConfig, data_dir, gallery_dir, detector_path, recognizer_path, out_dir,
               logger: RunLogger = NullLogger()) -> dict:
     """Recognise every face in `data_dir` (a folder or one image); returns the summary."""
-    from facepipe.gallery.align import read_image
+    from facepipe.gallery.align import alignment_summary, read_image
 
     t0 = time.time()
     data = Path(data_dir)
@@ -199,6 +200,7 @@ def recognize(cfg: RecognizeConfig, data_dir, gallery_dir, detector_path, recogn
         "unreadable": [r["file"] for r in results if "error" in r],
         "identities_seen": {n: named.count(n) for n in sorted(set(named))},
         "threshold": threshold, "threshold_source": "config" if cfg.threshold is not None else "gallery",
+        **{f"recognize.{k}": v for k, v in alignment_summary(f["fallback"] for f in faces).items()},
         "gallery": str(gallery_dir), "recognizer_digest": matcher.recognizer.digest,
         "detector_digest": matcher.aligner.digest, "seconds": round(time.time() - t0, 2),
     }
@@ -217,5 +219,6 @@ def recognize(cfg: RecognizeConfig, data_dir, gallery_dir, detector_path, recogn
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     write_manifest(out, "recognize", extra={"gallery_recognizer_digest": gallery.meta["recognizer_digest"]})
     logger.log_metrics({"recognize.images": summary["images"], "recognize.faces": summary["faces"],
-                        "recognize.recognized": summary["recognized"], "recognize.unknown": summary["unknown"]})
+                        "recognize.recognized": summary["recognized"], "recognize.unknown": summary["unknown"],
+                        **{k: v for k, v in summary.items() if k.startswith("recognize.alignment.") and v is not None}})
     return summary

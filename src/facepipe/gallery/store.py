@@ -10,6 +10,9 @@ A gallery folder holds
     template_identity.npy
     image_embeddings.npy      one row per enrolled image (kept so identities can be added or
     image_identity.npy        removed, and the threshold recalibrated, without re-embedding)
+    image_weight.npy          each image's weight in its person's mean template (`template_weighting`:
+                              1, the detector score or the embedding norm); absent in galleries
+                              made before weighting, which read as all weights 1
     images.json               per-image provenance: file, status, faces, box, score, landmarks used
     calibration_embeddings.npy  (when built with a calibration folder of non-enrolled people)
     index.faiss               FAISS index over templates.npy (IndexFlatIP, IVF or HNSW)
@@ -55,6 +58,29 @@ def _json_load(path: Path):
         raise DataError(f"not valid JSON: {exc.msg}", path=path, line=exc.lineno) from None
 
 
+WEIGHTINGS = ("none", "detector_score", "embedding_norm")
+
+
+def row_weights(records: list[dict], rows: int, weighting: str) -> np.ndarray:
+    """Template weight of each embedding row from its image record (`row`, `score`, `embedding_norm`).
+
+    `none`: 1 each; `detector_score`: the main face's detector confidence (1 without a detector
+    or for a center-cropped no-face image); `embedding_norm`: the recognizer's feature norm before
+    normalising, which is larger for clear, frontal, well-lit faces.
+    """
+    if weighting not in WEIGHTINGS:
+        raise DataError(f"template_weighting {weighting!r} is not one of {', '.join(WEIGHTINGS)}")
+    weights = np.ones(rows, np.float32)
+    if weighting == "none":
+        return weights
+    key = "score" if weighting == "detector_score" else "embedding_norm"
+    for record in records:
+        row, value = record.get("row"), record.get(key)
+        if row is not None and value is not None and 0 <= row < rows:
+            weights[row] = max(float(value), 1e-6)
+    return weights
+
+
 @dataclass
 class Gallery:
     meta: dict
@@ -63,6 +89,7 @@ class Gallery:
     image_identity: np.ndarray
     images: list[dict]
     calibration_embeddings: np.ndarray | None = None
+    image_weight: np.ndarray | None = None  # None: every image weighs 1
     index: SearchIndex | None = None
     template_identity: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     report: dict = field(default_factory=dict)
@@ -83,10 +110,16 @@ class Gallery:
     def threshold(self) -> float | None:
         return self.meta.get("threshold")
 
+    def weights(self) -> np.ndarray:
+        if self.image_weight is None:
+            return np.ones(len(self.image_embeddings), np.float32)
+        return np.asarray(self.image_weight, np.float32)
+
     def templates(self) -> tuple[np.ndarray, np.ndarray]:
         """Search rows and their identity index, from the per-image embeddings."""
         if self.template_mode == "mean":
-            emb = mean_templates(self.image_embeddings, self.image_identity, len(self.identities))
+            emb = mean_templates(self.image_embeddings, self.image_identity, len(self.identities),
+                                 self.weights())
             return emb, np.arange(len(self.identities), dtype=np.int32)
         return self.image_embeddings.astype(np.float32), self.image_identity.astype(np.int32)
 
@@ -112,7 +145,7 @@ class Gallery:
         result = calibrate(self.image_embeddings.astype(np.float32), self.image_identity,
                            len(self.identities), m["template"], m["target_far"],
                            gallery_rows=self.index.embeddings if self.index is not None else None,
-                           calibration_embeddings=self.calibration_embeddings)
+                           calibration_embeddings=self.calibration_embeddings, weights=self.weights())
         self.calibration_scores = result.pop("scores", None)
         self.calibration = result
         m["threshold"] = result["threshold"]
@@ -175,6 +208,7 @@ class Gallery:
         remap = np.full(len(self.identities), -1, np.int64)
         remap[keep_ids] = np.arange(len(keep_ids))
         keep_rows = ~np.isin(self.image_identity, list(drop))
+        self.image_weight = self.weights()[keep_rows]
         self.image_embeddings = self.image_embeddings[keep_rows]
         self.image_identity = remap[self.image_identity[keep_rows]].astype(np.int32)
         dropped_names = {self.identities[i] for i in drop}
@@ -184,15 +218,21 @@ class Gallery:
         return missing
 
     def add(self, names: list[str], embeddings: np.ndarray, labels: np.ndarray, images: list[dict],
-            replace: bool = False) -> None:
-        """Enrol new identities (labels index into `names`); an existing name needs `replace`."""
+            replace: bool = False, weights: np.ndarray | None = None) -> None:
+        """Enrol new identities (labels index into `names`); an existing name needs `replace`.
+
+        `weights`: the new images' template weights (default: from `images` by this gallery's
+        `template_weighting`)."""
         clash = [n for n in names if n in self.identities]
         if clash and not replace:
             raise DataError(f"identities already enrolled: {clash[:10]}; use --replace to re-enrol them")
         if clash:
             self.remove(clash)
+        if weights is None:
+            weights = row_weights(images, len(embeddings), self.meta.get("template_weighting", "none"))
         base = len(self.identities)
         self.identities = self.identities + list(names)
+        self.image_weight = np.concatenate([self.weights(), np.asarray(weights, np.float32)])
         emb = np.asarray(embeddings, np.float32).astype(self.meta["dtype"])
         self.image_embeddings = np.concatenate([self.image_embeddings, emb]) if len(emb) else self.image_embeddings
         self.image_identity = np.concatenate(
@@ -212,6 +252,7 @@ class Gallery:
         np.save(out / "template_identity.npy", self.template_identity.astype(np.int32))
         np.save(out / "image_embeddings.npy", self.image_embeddings.astype(dtype))
         np.save(out / "image_identity.npy", self.image_identity.astype(np.int32))
+        np.save(out / "image_weight.npy", self.weights())
         if self.calibration_embeddings is not None:
             np.save(out / "calibration_embeddings.npy", self.calibration_embeddings.astype(dtype))
         (out / "identities.json").write_text(json.dumps(self.identities, indent=1, ensure_ascii=False))
@@ -277,6 +318,11 @@ class Gallery:
         template_identity = _np_load(g / "template_identity.npy")
         rows = _np_load(g / "templates.npy")
         calib = g / "calibration_embeddings.npy"
+        weight_file = g / "image_weight.npy"
+        image_weight = _np_load(weight_file) if weight_file.exists() else None
+        if image_weight is not None and image_weight.shape != (len(image_embeddings),):
+            raise DataError(f"image weights {image_weight.shape} do not match {len(image_embeddings)} "
+                            "image embeddings", path=weight_file)
         if image_embeddings.ndim != 2 or image_embeddings.shape[1] != meta["embedding_size"] \
                 or len(image_identity) != len(image_embeddings):
             raise DataError(f"image embeddings {image_embeddings.shape} do not match "
@@ -287,6 +333,7 @@ class Gallery:
         gallery = cls(meta=meta, identities=identities, image_embeddings=image_embeddings,
                       image_identity=image_identity, images=_json_load(g / "images.json"),
                       calibration_embeddings=_np_load(calib) if calib.exists() else None,
+                      image_weight=image_weight,
                       index=index, template_identity=template_identity,
                       report=_json_load(g / "build_report.json"),
                       calibration=_json_load(g / "calibration.json"))
@@ -308,7 +355,8 @@ def gallery_info(gallery_dir) -> dict:
     g = Gallery.load(gallery_dir, verify=True)
     m = g.meta
     return {"identities": len(g.identities), "rows": g.index.size, "images": int(len(g.image_embeddings)),
-            "embedding_size": m["embedding_size"], "template": m["template"], "dtype": m["dtype"],
+            "embedding_size": m["embedding_size"], "template": m["template"],
+            "template_weighting": m.get("template_weighting", "none"), "dtype": m["dtype"],
             "index": m["index"], "threshold": m.get("threshold"), "target_far": m["target_far"],
             "calibration_split": g.calibration.get("split"), "recognizer_digest": m["recognizer_digest"],
             "detector_digest": m.get("detector_digest"), "alignment": m.get("alignment"),

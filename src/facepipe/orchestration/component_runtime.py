@@ -1,4 +1,4 @@
-"""What every KFP component does around its step: config, checkpoint scratch, MLflow child run, report, publish.
+"""What every KFP component does around its step: config, checkpoint URI, MLflow child run, report, publish.
 
 Components (components/<step>/component.py, generated) call `run_component`, which calls
 `run_step` with their inputs keyed by port arg: local paths (KFP gives artifacts as local
@@ -7,16 +7,21 @@ paths, also on a cluster where the launcher copies them from the s3:// pipeline 
 
 - Config: the component receives one typed input per config key (`<step>__<key>`, strings for
   lists/optionals); `run_component` gathers them, `params.decode_config` makes the typed config.
-- Resume: with `FACEPIPE_SCRATCH_DIR` set (`facepipe run` sets it to runs/scratch; on a cluster
-  point it at a volume), the step writes into a scratch folder keyed by step, config and inputs,
-  which survives a killed attempt; the next attempt (KFP retry or a rerun with the same
-  parameters) finds the step's checkpoints there and resumes. On success it moves to the output.
+- Resume: a trainer's checkpoints also go to a checkpoint URI that outlives the pod (its
+  `checkpoint_uri`, else `<checkpoint root>/checkpoints/<step>/<digest of config and inputs>`, the
+  root being FACEPIPE_CHECKPOINT_ROOT or the KFP pipeline root: `facepipe.orchestration.attempts`);
+  the next attempt (KFP retry, preempted pod, rerun with the same parameters) resumes from the newest
+  complete one there. They are removed once the step's output is complete.
+- Configuration errors: a `ConfigError` makes the component exit with `attempts.EXIT_CONFIG_ERROR`
+  and records itself, so that a KFP retry of it fails at once instead of redoing the work.
 - Tracking: with `MLFLOW_TRACKING_URI` set, the step runs inside an MLflow child run of the
   pipeline run's parent (`pipeline_run.find_parent`: by the pipeline run's id, never a task input;
   under KFP's own run of the task where KFP sets `MLFLOW_RUN_ID`; `FACEPIPE_MLFLOW_PARENT_RUN_ID`
   overrides), with its config as params (logged once, by `edge.call_step`), metrics by step
   (through the `logger` the step function gets), plots, report, and a registered model version
   for trained models. A step never ends the parent: the pipeline's finalizer task does.
+- Data: the pack task's `images` (synth's tree or the given data) is stored as one tar per folder
+  (`facepipe.data.shards`); the later steps get the folders they read extracted (`edge.open_tree`).
 - Outputs: metrics go to the KFP Metrics artifact and, as JSON, to its file (kfp.local only
   caches a task whose Metrics artifact has a file); an HTML report embeds the plots; the `lineage`
   output parameter names the pipeline run and MLflow runs that made the task's artifacts (it is
@@ -29,41 +34,24 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
+import dataclasses
 import html
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from facepipe.errors import FacepipeError
+from facepipe.errors import ConfigError, FacepipeError
+from facepipe.orchestration import attempts
 from facepipe.steps import STEPS
 
-SCRATCH_ENV = "FACEPIPE_SCRATCH_DIR"
 PARENT_ENV = "FACEPIPE_MLFLOW_PARENT_RUN_ID"
 SPOOL_ENV = "FACEPIPE_TRACKING_SPOOL"
 RUN_PID_ENV = "FACEPIPE_RUN_PID"  # set by `facepipe run`: its step processes end when it dies
 TIMINGS_ENV = "FACEPIPE_TIMINGS"
 MAX_PLOTS = 24
-
-
-def scratch_key(step: str, config: Mapping[str, Any], inputs: Mapping[str, str | None]) -> str:
-    body = json.dumps({"step": step, "config": config, "inputs": inputs}, sort_keys=True, default=str)
-    return hashlib.sha256(body.encode()).hexdigest()[:20]
-
-
-def _move_contents(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    for item in src.iterdir():
-        target = dst / item.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-        shutil.move(str(item), str(target))
 
 
 def plots(out_dir: Path) -> list[Path]:
@@ -186,6 +174,10 @@ class SpoolLogger:
     def set_tags(self, tags):
         self.event("tags", tags={k: str(v) for k, v in tags.items()})
 
+    def log_input(self, name, source, digest, context, profile=None):
+        self.event("input", name=name, source=str(source), digest=digest, context=context,
+                   profile=dict(profile or {}))
+
 
 def replay_spool(spool: str | Path) -> list[str]:
     """Create the MLflow child runs the spooled steps describe (oldest first); returns their run ids.
@@ -223,6 +215,8 @@ def replay_spool(spool: str | Path) -> list[str]:
                 metrics += [Metric(k, v, int(e["time"] * 1000), e["step"]) for k, v in e["metrics"].items()]
             elif e["op"] == "artifact" and Path(e["path"]).exists():
                 logger.log_artifact(e["path"], e["artifact_path"])
+            elif e["op"] == "input":
+                logger.log_input(e["name"], e["source"], e["digest"], e["context"], e["profile"])
             elif e["op"] == "tags":
                 client.log_batch(run_id, tags=[RunTag(k, v) for k, v in e["tags"].items()])
             elif e["op"] == "model":
@@ -268,10 +262,25 @@ def run_step(step: str, config: Mapping[str, Any], inputs_by_arg: Mapping[str, s
     "none" where optional), localized by `facepipe.edge`; `out_path` is a local folder or a URI
     (published when the step succeeds); `metrics`/`report` are KFP Metrics/HTML output artifacts
     (or None outside KFP). `output_uri`: also publish to `<output_uri>/<step>/` (standalone steps;
-    in the pipeline a publish task does it). `artifact_uri`: where KFP stores the output artifact
-    (on a cluster an object-storage URI, which a TrainJob's nodes can write). `lineage`, when
-    given, gets `{step: {"mlflow_run_id", "step_run_key"}}`.
+    in the pipeline a publish task does it). `artifact_uri`: where KFP stores the output artifact in
+    the pipeline root (on a cluster an object-storage URI, which a TrainJob's nodes can write; the
+    default checkpoint root is found from it). `lineage`, when given, gets
+    `{step: {"mlflow_run_id", "step_run_key"}}`.
     """
+    root = attempts.checkpoint_root(artifact_uri)
+    marker = attempts.config_error_marker(root, step)
+    attempts.refuse_retried_config_error(marker)
+    try:
+        return _run_step(step, config, inputs_by_arg, out_path, metrics, report, parent_run_id, output_uri,
+                         artifact_uri, lineage, root)
+    except ConfigError as exc:
+        attempts.record_config_error(marker, exc)
+        raise
+
+
+def _run_step(step: str, config: Mapping[str, Any], inputs_by_arg: Mapping[str, str | None], out_path: str,
+              metrics, report, parent_run_id: str, output_uri: str, artifact_uri: str, lineage: dict | None,
+              root: str) -> dict:
     from facepipe import edge, storage
     from facepipe.config import to_dict
 
@@ -282,6 +291,13 @@ def run_step(step: str, config: Mapping[str, Any], inputs_by_arg: Mapping[str, s
     record = STEPS[step]
     cfg = decode_config(step, dict(config))
     cfg_dict = to_dict(cfg)
+    # Keyed by the inputs as given: a download's temp path differs on every attempt.
+    checkpoints = attempts.checkpoint_uri(step, cfg_dict, inputs_by_arg, root)
+    derived = bool(checkpoints) and not cfg_dict.get("checkpoint_uri")
+    if derived:
+        cfg = dataclasses.replace(cfg, checkpoint_uri=checkpoints)
+        print(f"[facepipe] {step}: checkpoints go to {checkpoints} (a new attempt resumes from there)",
+              file=sys.stderr, flush=True)
     tags = {**edge.run_tags(step, inputs_by_arg, out_path), "facepipe.image": os.environ.get("FACEPIPE_IMAGE", "")}
     child = _ChildRun(step, parent_run_id, tags)
     started = time.time()
@@ -291,24 +307,14 @@ def run_step(step: str, config: Mapping[str, Any], inputs_by_arg: Mapping[str, s
             local = stack.enter_context(contextlib.nullcontext({}) if many_nodes
                                         else edge.local_inputs(record, inputs_by_arg))
             out = Path(stack.enter_context(storage.output_dir(out_path)))
-            scratch_root = os.environ.get(SCRATCH_ENV)
-            # Keyed by the inputs as given: a download's temp path differs on every attempt.
-            work = (Path(scratch_root) / f"{step}-{scratch_key(step, cfg_dict, inputs_by_arg)}"
-                    if scratch_root else out)
-            if work != out and work.exists():
-                print(f"[facepipe] {step}: resuming from the checkpoints of an interrupted attempt in {work}",
-                      file=sys.stderr, flush=True)
-            work.mkdir(parents=True, exist_ok=True)
+            out.mkdir(parents=True, exist_ok=True)
             if many_nodes:
                 child.logger.log_params(cfg_dict)  # what edge.call_step does for a step run here
-                result = _run_trainjob(record, cfg, inputs_by_arg, work, output_uri, artifact_uri)
+                result = _run_trainjob(record, cfg, inputs_by_arg, out, output_uri, artifact_uri)
                 child.logger.log_metrics(edge.flat_metrics(result))
             else:
-                result = edge.call_step(record, cfg, local, work, child.logger)
+                result = edge.call_step(record, cfg, local, out, child.logger, sources=inputs_by_arg)
             _record_timing(step, time.time() - started)
-            if work != out:
-                _move_contents(work, out)
-                shutil.rmtree(work, ignore_errors=True)
             numbers = edge.flat_metrics(result)
             seconds = time.time() - started
             if metrics is not None:
@@ -334,6 +340,8 @@ def run_step(step: str, config: Mapping[str, Any], inputs_by_arg: Mapping[str, s
                 storage.upload(str(out), target)
                 if child.active:
                     child.logger.set_tags({"facepipe.published": target})
+        if derived:  # the output is complete and holds the model: the resume state of a finished step goes
+            storage.remove(checkpoints)
     except BaseException:
         child.finish("FAILED")
         raise
@@ -398,22 +406,43 @@ def run_component(step: str, args: Mapping[str, Any], hosts: tuple[str, ...] = (
     run = ({} if record.in_pipeline else
            {"parent_run_id": args["mlflow_parent_run_id"], "output_uri": args["output_uri"]})
     paths, steps = {}, {}
-    for hosted in hosts:
-        out = paths[STEPS[hosted].output] = args[STEPS[hosted].output].path
-        if args["data_uri"]:
-            storage.download(args["data_uri"], out)
-        else:
-            run_step(hosted, config(hosted), {}, out, lineage=steps, **run)
+    try:
+        for hosted in hosts:
+            artifact = args[STEPS[hosted].output]
+            out = paths[STEPS[hosted].output] = artifact.path
+            if args["data_uri"]:
+                storage.download(args["data_uri"], out)
+            else:
+                run_step(hosted, config(hosted), {}, out, artifact_uri=artifact.uri, lineage=steps, **run)
+        if record.in_pipeline:
+            paths.update({p.artifact: args[p.artifact].path for p in record.inputs if p.artifact not in paths})
+            inputs = record.local_inputs(paths)
+        else:  # a standalone step: URIs, localized by facepipe.edge
+            inputs = {p.arg: args[f"{p.artifact}_uri"] for p in record.inputs}
+        result = run_step(step, config(step), inputs, args[record.output].path, metrics=args["metrics"],
+                          report=args["report"], artifact_uri=getattr(args[record.output], "uri", ""),
+                          lineage=steps, **run)
+        if record.in_pipeline:
+            # The digest of the tree as read, before it leaves the task as shards.
+            images = [paths[STEPS[h].output] for h in hosts if (Path(paths[STEPS[h].output]) / MANIFEST).exists()]
+            digest = args.get("data_digest") or (f"sha256:{content_digest(images[0])}" if images else "")
+        _shard_hosted_outputs(hosts, paths)
+    except ConfigError as exc:  # deterministic: a status of its own, and no traceback to scroll past
+        print(f"[facepipe] {step}: configuration error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(attempts.EXIT_CONFIG_ERROR) from exc
     if record.in_pipeline:
-        paths.update({p.artifact: args[p.artifact].path for p in record.inputs if p.artifact not in paths})
-        inputs = record.local_inputs(paths)
-    else:  # a standalone step: URIs, localized by facepipe.edge
-        inputs = {p.arg: args[f"{p.artifact}_uri"] for p in record.inputs}
-    result = run_step(step, config(step), inputs, args[record.output].path, metrics=args["metrics"],
-                      report=args["report"], artifact_uri=getattr(args[record.output], "uri", ""), lineage=steps, **run)
-    if record.in_pipeline:
-        images = [paths[STEPS[h].output] for h in hosts if (Path(paths[STEPS[h].output]) / MANIFEST).exists()]
-        digest = args.get("data_digest") or (f"sha256:{content_digest(images[0])}" if images else "")
         outputs = {name: args[name].uri for name in [STEPS[s].output for s in hosts + (step,)] + ["metrics", "report"]}
         Path(args["lineage"]).parent.mkdir(parents=True, exist_ok=True)
-        Path(args["lineage"]).write_text(pipeline_run.lineage_of(steps, outputs, flat_metrics(result), digest))
+        source = (args["data_uri"] if hosts else "") or outputs.get("images", "")
+        Path(args["lineage"]).write_text(pipeline_run.lineage_of(steps, outputs, flat_metrics(result), digest,
+                                                                 source if digest else ""))
+
+
+def _shard_hosted_outputs(hosts: tuple[str, ...], paths: Mapping[str, str]) -> None:
+    """The raw tree a hosted step wrote (synth's `images`, or the given data) leaves the task as a few
+    shards, once the host (pack) has read it: the launcher then uploads, and every later task
+    downloads, a handful of objects instead of one per image (facepipe.data.shards)."""
+    from facepipe.data.shards import shard_tree
+
+    for hosted in hosts:
+        shard_tree(paths[STEPS[hosted].output])

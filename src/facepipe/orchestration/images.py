@@ -1,7 +1,8 @@
 """Which container image each component runs in: references pinned by digest from the images lock.
 
 `make push-images` writes `images/images.lock.json`:
-`{"registry": R, "images": {"facepipe-data": {"tag", "digest", "reference": "R/facepipe-data@sha256:..."}, ...}}`.
+`{"registry": R, "images": {"facepipe-data": {"tag", "digest", "reference": "R/facepipe-data@sha256:...",
+"torch_variant": "none"}, "facepipe-train": {..., "torch_variant": "cpu" | "cuda"}}}`.
 Components read it when they are defined (at compile time), so pipeline.yaml names immutable
 digests: on a KFP backend the cache key includes the image reference, and a mutable tag would
 give stale cache hits. Without a lock, compiling fails, unless the developer explicitly allows
@@ -59,6 +60,13 @@ def image_reference(name: str, path: str | Path | None = None) -> str:
     if "@sha256:" not in ref:
         raise ConfigError(f"{path}: image {name!r} reference {ref!r} is not pinned by digest (expected NAME@sha256:...)")
     return ref
+
+
+def torch_variant(name: str, body: dict) -> str:
+    """The torch build a locked image holds ("cpu", "cuda", "none"); "" where the lock does not say
+    (written before the lock recorded it)."""
+    entry = body.get("images", {}).get(name)
+    return str(entry.get("torch_variant", "")) if isinstance(entry, dict) else ""
 
 
 def image_digests(path: str | Path | None = None) -> dict[str, str]:

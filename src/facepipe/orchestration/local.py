@@ -5,9 +5,12 @@ Layout under the runs folder (default `runs/`, or FACEPIPE_RUNS_DIR):
     runs/<RUN_ID>/run.json       what ran: arguments, status, steps executed or reused, outputs
     runs/<RUN_ID>/pipeline.yaml  the exact spec that ran (caching/retry adjusted for this run)
     runs/<RUN_ID>/summary.json   what the run's record-run task saw: output artifacts, steps executed or reused
+    runs/<RUN_ID>/logs/<step>.log  everything a step's task printed (executor input, the step, a traceback)
+    runs/<RUN_ID>/logs/pipeline.log  the rest: kfp.local's own lines, MLflow, warnings (run_console.py)
     runs/<RUN_ID>/kfp/...        the KFP pipeline root: artifacts of the steps executed here
     runs/.kfp_cache/             kfp.local's task cache, shared by all runs
-    runs/scratch/                unfinished step outputs (checkpoints) kept for resuming
+    runs/checkpoints/<step>/<digest>/  checkpoints of unfinished trainings, for the next attempt to resume
+                                 (FACEPIPE_CHECKPOINT_ROOT instead of runs/ when set: e.g. s3://...)
     runs/mlflow.db               the default MLflow tracking store
 
 The run's MLflow parent is made and ended by the run's own tasks (`pipeline_run`: begin-run,
@@ -47,6 +50,8 @@ from facepipe.config import project_file
 from facepipe.errors import ConfigError, FacepipeError
 from facepipe.manifest import sha256_file
 from facepipe.orchestration.params import RUN_PARAMETERS, RUN_SECTION, Arguments
+from facepipe.orchestration.run_console import RunConsole, strip_colour
+from facepipe.progress import EVERY_ENV as PROGRESS_EVERY_ENV
 
 DEFAULT_PIPELINE = project_file("pipeline.yaml")
 DEFAULT_JOB = project_file("jobs/demo.yaml")
@@ -54,6 +59,7 @@ RUNS_ENV = "FACEPIPE_RUNS_DIR"
 EXPERIMENT = "facepipe"
 RUN_RECORD = "run.json"
 SUMMARY = "summary.json"  # what the run's record-run task wrote: outputs, steps executed or reused
+LOGS = "logs"
 RUNNERS = ("subprocess", "docker")
 # What a container gets from this environment (on a cluster: the Kubernetes secrets in pipeline.py).
 PASSED_ENV_PREFIXES = ("AWS_", "OBS_", "MLFLOW_", "FACEPIPE_", "OMP_NUM_THREADS")
@@ -280,10 +286,14 @@ def _task_states(spec: PipelineSpec, kfp_root: Path, finished: bool) -> dict[str
     return states
 
 
+def tracking_store(base: Path) -> str:
+    """MLFLOW_TRACKING_URI, else the runs folder's sqlite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{base / 'mlflow.db'}"
+
+
 def _tracking_setup(base: Path) -> str:
-    """MLFLOW_TRACKING_URI, else the runs folder's sqlite store; exported for the step processes."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{base / 'mlflow.db'}"
-    os.environ["MLFLOW_TRACKING_URI"] = uri
+    """`tracking_store`, exported for the step processes."""
+    uri = os.environ["MLFLOW_TRACKING_URI"] = tracking_store(base)
     return uri
 
 
@@ -291,14 +301,18 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
               pipeline: str | Path | None = None, root: str | Path | None = None,
               base_arguments: dict[str, Any] | None = None, rerun_step: str | None = None,
               from_run: str | None = None, experiment: str = EXPERIMENT, track: bool = True,
-              retries: bool = False, quiet: bool = False, runner: str = "subprocess") -> RunRecord:
-    """Run the compiled pipeline locally; returns its record (also in runs/<id>/run.json)."""
+              retries: bool = False, verbose: bool = False, runner: str = "subprocess") -> RunRecord:
+    """Run the compiled pipeline locally; returns its record (also in runs/<id>/run.json).
+
+    The terminal gets one line per step (`run_console.RunConsole`), each step's whole output goes to
+    runs/<id>/logs/<step>.log; `verbose` echoes everything as kfp.local prints it."""
     if runner not in RUNNERS:
         raise ConfigError(f"unknown runner {runner!r}; choose one of {list(RUNNERS)}")
     import kfp.local
     from kfp import components
 
-    from facepipe.orchestration.component_runtime import RUN_PID_ENV, SCRATCH_ENV, SPOOL_ENV
+    from facepipe.orchestration.attempts import CHECKPOINT_ROOT_ENV
+    from facepipe.orchestration.component_runtime import RUN_PID_ENV, SPOOL_ENV
     from facepipe.orchestration.images import read_lock
     from facepipe.orchestration.pipeline_run import LOCAL_RUN_ENV, SUMMARY_ENV
 
@@ -321,57 +335,77 @@ def run_local(job: str | Path | None = None, sets: Iterable[str] | None = None, 
     run_spec.write_text(spec.variant(no_cache=forced, retries=retries, images=images))
     record.save(folder)
 
-    os.environ[SCRATCH_ENV] = str(base / "scratch")
-    os.environ[RUN_PID_ENV] = str(os.getpid())  # the steps end when this process dies (kill -9 too)
-    # What a cluster's tasks get from their pod: the run's id, by which they find the MLflow parent
-    # that the run's `begin-run` task makes (and `finish-run` ends); `record-run` writes the summary.
-    os.environ[LOCAL_RUN_ENV] = record.id
-    os.environ[SUMMARY_ENV] = str(folder / SUMMARY)
-    saved_uri = os.environ.pop("MLFLOW_TRACKING_URI", None) if not track else None
-    if track:
-        uri = _tracking_setup(base)
-        values["mlflow_experiment"] = values.get("mlflow_experiment") or experiment
-        if runner == "subprocess" or not uri.startswith(("http://", "https://")):
-            # Replayed by this process; containers log to a tracking server themselves, as on a cluster.
-            os.environ[SPOOL_ENV] = str(folder / "tracking-spool")
-        _replay_leftovers(base)
-        record.mlflow = {"tracking_uri": uri, "experiment": values["mlflow_experiment"], "parent_run_id": ""}
-        record.save(folder)
-
-    started = time.time()
-    kfp_runner = (docker_runner(base, values, engine) if runner == "docker" else kfp.local.SubprocessRunner(use_venv=False))
-    kfp.local.init(runner=kfp_runner, pipeline_root=str(folder / "kfp"), enable_caching=True,
-                   cache_root=str(base / ".kfp_cache"))
+    console = RunConsole(folder / LOGS, spec.order(), {t: spec.upstream(t) for t in spec.order()}, folder / "kfp",
+                         verbose=verbose)
+    origin = f", rerun of {from_run} from {rerun_step}" if from_run else ""
+    console.say(f"run {record.id} ({runner}{origin}): {len(spec.order())} steps; their logs: {folder / LOGS}/")
+    os.environ.setdefault(PROGRESS_EVERY_ENV, "5")  # the steps' progress lines, for the running line
     try:
-        components.load_component_from_file(str(run_spec))(**values)
-        record.status = "succeeded"
-    except Exception as exc:  # kfp.local raises RuntimeError naming the failed task
-        record.status = "failed"
-        record.error = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))[:2000]  # kfp colours its messages
-    except KeyboardInterrupt:
-        record.status = "interrupted"
-    finally:
-        record.seconds = round(time.time() - started, 2)
-        record.end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        summary = json.loads((folder / SUMMARY).read_text()) if (folder / SUMMARY).exists() else {}
-        record.outputs = summary.get("outputs", {})
-        record.steps = _task_states(spec, folder / "kfp", record.status == "succeeded")
-        record.save(folder)
-        if track:
-            from facepipe.orchestration.component_runtime import replay_spool
+        with console.capture():
+            own_root = CHECKPOINT_ROOT_ENV not in os.environ  # a user's (e.g. s3://...) wins
+            if own_root:
+                os.environ[CHECKPOINT_ROOT_ENV] = str(base)  # what a cluster's pipeline root is for checkpoints
+            os.environ[RUN_PID_ENV] = str(os.getpid())  # the steps end when this process dies (kill -9 too)
+            # What a cluster's tasks get from their pod: the run's id, by which they find the MLflow parent
+            # that the run's `begin-run` task makes (and `finish-run` ends); `record-run` writes the summary.
+            os.environ[LOCAL_RUN_ENV] = record.id
+            os.environ[SUMMARY_ENV] = str(folder / SUMMARY)
+            saved_uri = os.environ.pop("MLFLOW_TRACKING_URI", None) if not track else None
+            if track:
+                from facepipe import tracking
 
-            replay_spool(folder / "tracking-spool")
-            _tag_parent(record)
-            record.save(folder)
-        for name in (SPOOL_ENV, LOCAL_RUN_ENV, SUMMARY_ENV):
-            os.environ.pop(name, None)
-        if saved_uri is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_uri
+                uri = _tracking_setup(base)
+                commit = tracking.git_commit()
+                if commit:  # step containers (the docker runner passes FACEPIPE_*) have no git checkout
+                    os.environ[tracking.COMMIT_ENV] = commit
+                values["mlflow_experiment"] = values.get("mlflow_experiment") or experiment
+                if runner == "subprocess" or not uri.startswith(("http://", "https://")):
+                    # Replayed by this process; containers log to a tracking server themselves, as on a cluster.
+                    os.environ[SPOOL_ENV] = str(folder / "tracking-spool")
+                _replay_leftovers(base)
+                record.mlflow = {"tracking_uri": uri, "experiment": values["mlflow_experiment"], "parent_run_id": ""}
+                record.save(folder)
+
+            started = time.time()
+            kfp_runner = (docker_runner(base, values, engine) if runner == "docker" else kfp.local.SubprocessRunner(use_venv=False))
+            kfp.local.init(runner=kfp_runner, pipeline_root=str(folder / "kfp"), enable_caching=True,
+                           cache_root=str(base / ".kfp_cache"))
+            try:
+                components.load_component_from_file(str(run_spec))(**values)
+                record.status = "succeeded"
+            except Exception as exc:  # kfp.local raises RuntimeError naming the failed task
+                record.status = "failed"
+                record.error = strip_colour(str(exc))[:2000]  # kfp colours its messages
+            except KeyboardInterrupt:
+                record.status = "interrupted"
+            finally:
+                record.seconds = round(time.time() - started, 2)
+                record.end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                summary = json.loads((folder / SUMMARY).read_text()) if (folder / SUMMARY).exists() else {}
+                record.outputs = summary.get("outputs", {})
+                record.steps = _task_states(spec, folder / "kfp", record.status == "succeeded")
+                record.save(folder)
+                if track:
+                    from facepipe.orchestration.component_runtime import replay_spool
+
+                    if any((folder / "tracking-spool").glob("*.jsonl")):
+                        console.say("  recording the steps' runs and models in MLflow ...")
+                    replay_spool(folder / "tracking-spool")
+                    _tag_parent(record)
+                    record.save(folder)
+                for name in (SPOOL_ENV, LOCAL_RUN_ENV, SUMMARY_ENV):
+                    os.environ.pop(name, None)
+                if own_root:
+                    os.environ.pop(CHECKPOINT_ROOT_ENV, None)
+                if saved_uri is not None:
+                    os.environ["MLFLOW_TRACKING_URI"] = saved_uri
+    finally:
+        console.finish(record.steps)
     if record.status == "interrupted":
         raise KeyboardInterrupt
     if record.status != "succeeded":
         raise FacepipeError(f"run {record.id} failed: {record.error.splitlines()[0] if record.error else ''}"
-                            f" (steps: {record.steps}; see {folder})")
+                            f" (steps: {record.steps}; logs in {folder / LOGS})")
     return record
 
 
@@ -465,7 +499,7 @@ def rerun_plan(spec: PipelineSpec, step: str) -> tuple[str, list[str], list[str]
 
 def rerun(step: str, from_run: str, sets: Iterable[str] | None = None, *, root=None, pipeline=None,
           track: bool = True, experiment: str = EXPERIMENT, runner: str | None = None,
-          retries: bool = False) -> RunRecord:
+          retries: bool = False, verbose: bool = False) -> RunRecord:
     """Rerun `step` and what depends on it with changed parameters, reusing the run's upstream artifacts."""
     earlier = find_run(from_run, root)
     spec = PipelineSpec(pipeline or DEFAULT_PIPELINE)
@@ -490,7 +524,7 @@ def rerun(step: str, from_run: str, sets: Iterable[str] | None = None, *, root=N
     known = {k: v for k, v in earlier.arguments.items() if k in model.parameters}
     record = run_local(None, qualified, pipeline=spec.path, root=root, base_arguments=known, rerun_step=task,
                        from_run=earlier.id, track=track, experiment=experiment, runner=runner or earlier.runner,
-                       retries=retries)
+                       retries=retries, verbose=verbose)
     recomputed = [t for t, state in record.steps.items() if state == "executed" and t not in [task] + downstream]
     if recomputed:
         # Their cache entries or artifacts were gone (cleaned runs folder, other pipeline.yaml).

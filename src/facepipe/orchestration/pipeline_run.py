@@ -31,7 +31,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
-KFP_RUN_ENV = "FACEPIPE_KFP_RUN_ID"      # on a cluster: the pod's `pipeline/runid` label
+from facepipe.orchestration.attempts import KFP_RUN_ENV  # on a cluster: the pod's `pipeline/runid` label
+
 LOCAL_RUN_ENV = "FACEPIPE_LOCAL_RUN_ID"  # set by `facepipe run` for its tasks
 SUMMARY_ENV = "FACEPIPE_RUN_SUMMARY"     # set by `facepipe run`: where `record` writes the run's outputs
 KFP_MLFLOW_RUN_ENV = "MLFLOW_RUN_ID"     # KFP's own MLflow run of this task (kubeflow/pipelines#13441)
@@ -110,12 +111,13 @@ def new_step_run_key() -> str:
 
 
 def lineage_of(task_steps: Mapping[str, Mapping[str, Any]], outputs: Mapping[str, str],
-               metrics: Mapping[str, float], data_digest: str = "") -> str:
+               metrics: Mapping[str, float], data_digest: str = "", data_source: str = "") -> str:
     """A step task's `lineage` output: the pipeline run that made its artifacts, its steps' runs,
-    its output artifacts' URIs, its final numbers and (pack) the digest of the data it read."""
+    its output artifacts' URIs, its final numbers and (pack) the digest and URI of the data it read."""
     _, run_id = run_identity()
     return json.dumps({"pipeline_run": run_id, "steps": dict(task_steps), "outputs": dict(outputs),
-                       "metrics": dict(metrics), "data_digest": data_digest}, sort_keys=True)
+                       "metrics": dict(metrics), "data_digest": data_digest, "data_source": data_source},
+                      sort_keys=True)
 
 
 def _producing_run(step: Mapping[str, Any]) -> str:
@@ -142,16 +144,18 @@ def run_url(run_id: str) -> str:
 
 def record(lineages: Mapping[str, str], last_task: str) -> dict:
     """Tag the parent with each step executed or reused (a reused one linked to the run that made its
-    artifact), the data digest and the last task's numbers; write the summary for `facepipe run`."""
+    artifact), the data digest (also as the parent's `images` dataset input) and the last task's
+    numbers; write the summary for `facepipe run`."""
     _, current = run_identity()
     parent = find_parent()
-    summary: dict[str, Any] = {"steps": {}, "outputs": {}, "data_digest": ""}
+    summary: dict[str, Any] = {"steps": {}, "outputs": {}, "data_digest": "", "data_source": ""}
     links: dict[str, str] = {}
     numbers: dict[str, float] = {}
     for task, text in lineages.items():
         body = json.loads(text)
         summary["outputs"].update(body["outputs"])
         summary["data_digest"] = summary["data_digest"] or body.get("data_digest", "")
+        summary["data_source"] = summary["data_source"] or body.get("data_source", "")
         reused = not current or body["pipeline_run"] != current
         for step, info in body["steps"].items():
             summary["steps"][step] = "reused" if reused else "executed"
@@ -167,6 +171,9 @@ def record(lineages: Mapping[str, str], last_task: str) -> dict:
         logger = tracking.MlflowLogger(parent)
         logger.set_tags({**{f"facepipe.step.{s}": state for s, state in summary["steps"].items()},
                          **{k: v for k, v in links.items() if v}, "facepipe.input_data_digest": summary["data_digest"]})
+        if summary["data_digest"]:  # the runs table's Dataset column: the data the whole run trained and evaluated on
+            logger.log_input("images", summary["data_source"] or summary["outputs"].get("images", ""),
+                             summary["data_digest"], "pipeline", {"manifest": "yes"})
         if numbers:
             logger.log_metrics(numbers)
     if os.environ.get(SUMMARY_ENV):

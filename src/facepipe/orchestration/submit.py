@@ -10,10 +10,17 @@ The MLflow parent run is made on the cluster by the run's `begin-run` task (in t
 experiment named like the KFP one: the `mlflow_experiment` parameter), tagged with the KFP run id;
 the tasks find it through that tag (their pods get the run id from the `pipeline/runid` label,
 which is not a task input, so it does not defeat caching) and `finish-run` ends it.
+
+A Kubeflow behind a login: `existing_token` (a bearer token, e.g. an OIDC id token) and `cookies`
+(e.g. `authservice_session=...` copied from a browser session) go to kfp.Client as the kfp CLI's
+`--existing-token` does; they come from the command line or FACEPIPE_KFP_TOKEN /
+FACEPIPE_KFP_COOKIES, are never part of the Submission (which `--dry-run` prints), and are
+blanked out of any error message.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +31,26 @@ from facepipe.orchestration.local import DEFAULT_PIPELINE, EXPERIMENT, PipelineS
 from facepipe.orchestration.params import Arguments
 
 REMOTE_ROOTS = ("s3://", "minio://", "gs://")
+TOKEN_ENV = "FACEPIPE_KFP_TOKEN"
+COOKIES_ENV = "FACEPIPE_KFP_COOKIES"
+
+
+@dataclass(frozen=True)
+class KfpAuth:
+    """Credentials for the KFP API (kfp.Client's existing_token / cookies); repr shows no values."""
+
+    existing_token: str | None = field(default=None, repr=False)
+    cookies: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, existing_token: str | None = None, cookies: str | None = None) -> "KfpAuth":
+        return cls(existing_token or os.environ.get(TOKEN_ENV) or None, cookies or os.environ.get(COOKIES_ENV) or None)
+
+    def hide(self, text: str) -> str:
+        for value in (self.existing_token, self.cookies):
+            if value:
+                text = text.replace(value, "***")
+        return text
 
 
 @dataclass
@@ -74,19 +101,21 @@ def prepare(host: str, job: str | Path | None = None, sets: Iterable[str] | None
                       namespace=namespace, changed=changed)
 
 
-def submit(sub: Submission) -> dict[str, str]:
+def submit(sub: Submission, auth: KfpAuth | None = None) -> dict[str, str]:
     """Create the run on the backend; returns its id, name and experiment."""
     import kfp
 
     from facepipe.secrets import redact
 
+    auth = auth or KfpAuth.from_env()
     try:
-        client = kfp.Client(host=sub.host, namespace=sub.namespace or "kubeflow")
+        client = kfp.Client(host=sub.host, namespace=sub.namespace or "kubeflow",
+                            existing_token=auth.existing_token, cookies=auth.cookies)
         result = client.create_run_from_pipeline_package(
             sub.pipeline_file, arguments=sub.arguments, run_name=sub.run_name, experiment_name=sub.experiment,
             namespace=sub.namespace, pipeline_root=sub.pipeline_root, enable_caching=sub.enable_caching)
     except Exception as exc:  # connection refused, HTTP errors from the API server, auth failures
         lines = [line for line in str(exc).splitlines() if line.strip()]
         raise FacepipeError(f"KFP at {sub.host} refused or could not be reached: "
-                            f"{redact(lines[-1] if lines else type(exc).__name__)[:500]}") from None
+                            f"{auth.hide(redact(lines[-1] if lines else type(exc).__name__))[:500]}") from None
     return {"run_id": result.run_id, "run_name": sub.run_name, "experiment": sub.experiment}

@@ -15,6 +15,7 @@ from typing import Optional
 from facepipe.config import bounded, choice, listfield
 from facepipe.errors import ConfigError
 from facepipe.training.launch import SCALE_KEYS, nodes_field, nproc_per_node_field
+from facepipe.training.mirror import checkpoint_uri_field
 from facepipe.training.schedule import SCHEDULES, check_schedule
 
 BACKBONES = ["iresnet18", "iresnet34", "iresnet50", "iresnet100", "mobilefacenet"]
@@ -33,7 +34,7 @@ MARGIN_DEFAULTS = {
 
 # Keys that may change between a run and its resume (they do not change what is learned).
 RESUME_FREE_KEYS = ("workers", "eval_every", "checkpoint_every", "val_targets", "export_onnx", "device",
-                    "log_every", *SCALE_KEYS)
+                    "log_every", "checkpoint_uri", *SCALE_KEYS)
 
 
 @dataclass
@@ -86,6 +87,7 @@ class RecognitionTrainConfig:
     workers: int = bounded(2, low=0, high=64)
     # bookkeeping
     checkpoint_every: int = bounded(500, low=0, help="steps between checkpoints, besides epoch ends (0: off)")
+    checkpoint_uri: str = checkpoint_uri_field()
     eval_every: int = bounded(0, low=0, help="steps between verification runs (0: at epoch ends)")
     log_every: int = bounded(10, low=1)
     val_targets: list[str] = listfield([], help=".bin or pairs.txt files (relative to DATA_PATH); "

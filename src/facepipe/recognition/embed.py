@@ -45,7 +45,8 @@ class Recognizer:
         backbone.to(device).eval()
         return cls(backbone, cfg, int(blob["input_size"]), int(blob["embedding_size"]), sha256_file(path), device)
 
-    def embed(self, faces: np.ndarray, flip: bool = True, batch_size: int = 64) -> np.ndarray:
+    def embed(self, faces: np.ndarray, flip: bool = True, batch_size: int = 64, norms: bool = False):
+        """(N, D) embeddings; with `norms`, `(embeddings, norms before normalising (N,))`."""
         import torch
 
         from facepipe.recognition.engine import embed_faces
@@ -57,5 +58,6 @@ class Recognizer:
         if faces.dtype != np.uint8 or faces.ndim != 4 or faces.shape[1:] != (s, s, 3):
             raise ValueError(f"faces must be uint8 (N, {s}, {s}, 3) BGR; got {faces.dtype} {faces.shape}")
         if len(faces) == 0:
-            return np.zeros((0, self.embedding_size), np.float32)
-        return embed_faces(self.backbone, faces, torch.device(self.device), batch_size, flip)
+            empty = np.zeros((0, self.embedding_size), np.float32)
+            return (empty, np.zeros(0, np.float32)) if norms else empty
+        return embed_faces(self.backbone, faces, torch.device(self.device), batch_size, flip, norms=norms)

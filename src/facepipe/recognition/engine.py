@@ -36,22 +36,29 @@ class Criterion:
 
 @torch.no_grad()
 def embed_faces(model, faces_bgr: np.ndarray, device, batch_size: int = 64, flip: bool = True,
-                amp: bool = False) -> np.ndarray:
-    """L2-normalised embeddings of uint8 BGR faces; with flip, image + mirror image summed first."""
+                amp: bool = False, norms: bool = False):
+    """L2-normalised embeddings of uint8 BGR faces; with flip, image + mirror image summed first.
+
+    With `norms`, also each face's embedding norm before normalising (per view: the flip sum is
+    halved), a quality signal for weighting gallery templates: `(embeddings, norms)`.
+    """
     was_training = model.training
     model.eval()
-    out = []
+    out, lengths = [], []
     for i in range(0, len(faces_bgr), batch_size):
         x = faces_to_tensor(faces_bgr[i:i + batch_size]).to(device)
         with autocast(device, amp):
             e = model(x).float()
             if flip:
                 e = e + model(torch.flip(x, dims=[3])).float()
+        lengths.append((e.norm(dim=1) / (2.0 if flip else 1.0)).cpu())
         out.append(torch.nn.functional.normalize(e).cpu())
     model.train(was_training)
     if not out:
-        return np.zeros((0, 0), np.float32)
-    return torch.cat(out).numpy().astype(np.float32)
+        empty = np.zeros((0, 0), np.float32)
+        return (empty, np.zeros(0, np.float32)) if norms else empty
+    emb = torch.cat(out).numpy().astype(np.float32)
+    return (emb, torch.cat(lengths).numpy().astype(np.float32)) if norms else emb
 
 
 def evaluate(model, targets: dict, device, amp: bool = False) -> dict:

@@ -170,10 +170,12 @@ def _train(cfg, data_dir: Path, out_dir: Path, logger: RunLogger, ctx) -> dict:
     scaler = grad_scaler(device, cfg.amp)
 
     data = {"digest": content_digest(data_dir), "num_classes": records.num_classes, "images": len(records)}
-    checkpoints, state = Checkpoints(out_dir, ctx, to_dict(cfg), RESUME_FREE_KEYS, data), TrainState()
+    checkpoints, state = Checkpoints(out_dir, ctx, to_dict(cfg), RESUME_FREE_KEYS, data,
+                                    cfg.checkpoint_uri), TrainState()
     stateful = {**modules, "optimizer": optimizer, "scheduler": scheduler, **({"scaler": scaler} if scaler else {})}
     ckpt = checkpoints.resume(stateful)
     state = TrainState.from_dict(ckpt["state"]) if ckpt else state
+    first_step = state.step  # 0, or where a resumed run picked up (reported: nothing before it is retrained)
     if ctx.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "manifest.json").unlink(missing_ok=True)  # incomplete until this run finishes
@@ -222,16 +224,20 @@ def _train(cfg, data_dir: Path, out_dir: Path, logger: RunLogger, ctx) -> dict:
                     run_eval()
             if not go:
                 break
+        if checkpoints.saved_step != state.step:
+            checkpoints.save(stateful, state)
+    except BaseException:
+        checkpoints.close(raise_errors=False)
+        raise
     finally:
         log.progress.close()
-    if checkpoints.saved_step != state.step:
-        checkpoints.save(stateful, state)
+    checkpoints.close()
     if not ctx.main:
         return {}
     if targets and not eval_metrics:
         run_eval()
     last = state.history[-1] if state.history else {}
-    metrics = {"steps": state.step, "epochs": state.epoch, "num_classes": records.num_classes,
+    metrics = {"steps": state.step, "resumed_from_step": first_step, "epochs": state.epoch, "num_classes": records.num_classes,
                "num_images": len(records), "world_size": world, "steps_per_epoch": steps_per_epoch,
                "total_steps": total_steps, **{f"train.{k}": last[k] for k in ("loss", "accuracy") if k in last},
                "train.samples_per_s": float(np.median(log.rates)) if log.rates else 0.0,

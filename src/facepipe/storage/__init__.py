@@ -3,6 +3,8 @@
     upload(local_path, uri)      a file, or a folder (checksummed; manifest.json uploaded LAST)
     download(uri, local_path)    a file, or a folder (refused without a manifest; every file verified)
     exists(uri), ls(uri), localize(uri), publish(local_dir, uri), output_dir(uri)
+    read_bytes(uri)              a small object's bytes, or None when there is none
+    remove(uri)                  a folder/prefix and everything under it (its manifest first)
 
 Folders: a folder is complete only when its ``manifest.json`` (sha256 and size of every file) is
 there. An upload first removes the remote manifest, then transfers the files in parallel (large
@@ -22,6 +24,8 @@ Environment (read on each call, never logged):
   doubling), FACEPIPE_STORAGE_WORKERS (parallel files, default 16),
   FACEPIPE_STORAGE_PART_MB (multipart part size, default 16), FACEPIPE_STORAGE_TIMEOUT_S (how long
   a request waits for an answer, default 20).
+- FACEPIPE_CACHE_DIR: the node cache of input folders (``storage.cache``); unset, it is on only
+  for several torchrun ranks on one node (in the temp folder).
 """
 
 from __future__ import annotations
@@ -36,12 +40,13 @@ from pathlib import Path
 
 from facepipe.errors import StorageError
 from facepipe.manifest import MANIFEST, read_manifest
-from facepipe.storage.backend import with_retries
+from facepipe.storage.backend import NotFound, with_retries
+from facepipe.storage.cache import cache_dir, cached_folder
 from facepipe.storage.transfer import TransferReport, backend_for, download, upload
 from facepipe.storage.uri import SCHEMES, Location, parse_uri
 
 __all__ = ["MANIFEST", "SCHEMES", "Entry", "Location", "StorageError", "TransferReport", "download", "exists",
-           "check_writable", "is_complete", "localize", "ls", "output_dir", "parse_uri", "publish", "upload"]
+           "check_writable", "is_complete", "localize", "ls", "output_dir", "parse_uri", "publish", "read_bytes", "remove", "upload"]
 
 
 # ---- queries
@@ -64,6 +69,29 @@ def is_complete(uri: str | os.PathLike) -> bool:
         return (loc.path / MANIFEST).is_file()
     be = backend_for(loc)
     return with_retries("check", str(loc), be.endpoint, lambda: be.head(loc.child(MANIFEST))) is not None
+
+
+def read_bytes(uri: str | os.PathLike) -> bytes | None:
+    """The content of a small file/object (a marker, a manifest), or None when it does not exist."""
+    loc = parse_uri(uri)
+    be = backend_for(loc)
+    try:
+        return with_retries("download", str(loc), be.endpoint, lambda: be.get_bytes(loc), missing_ok=True)
+    except NotFound:
+        return None
+
+
+def remove(uri: str | os.PathLike) -> None:
+    """Delete the folder/prefix at uri: its manifest first, so a half-removed folder never looks complete."""
+    loc = parse_uri(uri)
+    if loc.is_local:
+        shutil.rmtree(loc.path, ignore_errors=True)
+        return
+    be = backend_for(loc)
+    names = [rel for rel, _ in with_retries("list", str(loc), be.endpoint, lambda: builtins.list(be.iter_objects(loc)))]
+    for rel in sorted(names, key=lambda rel: rel.rsplit("/", 1)[-1] != MANIFEST):
+        target = loc.child(rel)
+        with_retries("delete", str(target), be.endpoint, lambda: be.delete(target))
 
 
 @dataclass(frozen=True)
@@ -110,13 +138,19 @@ list = ls  # noqa: A001 - the public name the architecture documents; `ls` avoid
 def localize(uri: str | os.PathLike, *, quiet: bool = False):
     """Yield a local path for uri: a local path as it is, a remote one downloaded to a temp dir.
 
-    The temporary copy is removed on exit.
+    The temporary copy is removed on exit. Where a node cache is on (`storage.cache.cache_dir`: several
+    torchrun ranks on this node, or FACEPIPE_CACHE_DIR), a remote folder comes from the cache instead:
+    downloaded once per node and kept for the next job on the same data.
     """
     loc = parse_uri(uri)
     if loc.is_local:
         if not loc.path.exists():
             raise StorageError(f"{loc.path}: no such file or folder")
         yield loc.path
+        return
+    root = cache_dir()
+    if root is not None and is_complete(str(loc)):  # a folder (files are small: models, not data sets)
+        yield cached_folder(loc, root, quiet)[0]
         return
     tmp = Path(tempfile.mkdtemp(prefix="facepipe-in-"))
     try:

@@ -291,12 +291,15 @@ def _fetch_verified(be, src: Location, dest: Path, size: int | None, sha256: str
                            f"got {dest.stat().st_size})")
 
 
-def _download_folder(be, src: Location, dest: Path, workers: int, quiet: bool) -> TransferReport:
+def _download_folder(be, src: Location, dest: Path, workers: int, quiet: bool,
+                     raw: bytes | None = None) -> TransferReport:
+    """`raw`: the folder's manifest as the caller already read it (the node cache keys on it, so the
+    files fetched must be the ones it lists, even if the folder is replaced meanwhile)."""
     mloc = src.child(MANIFEST)
     if src.is_local and dest.exists() and dest.resolve() == src.path.resolve():
         _read_manifest_bytes(be, mloc, src)
         return TransferReport(skipped=1)
-    raw = _read_manifest_bytes(be, mloc, src)
+    raw = raw if raw is not None else _read_manifest_bytes(be, mloc, src)
     try:
         manifest = json.loads(raw)
         files = manifest["files"]

@@ -1,5 +1,6 @@
-"""Rank-sharded checkpoints `OUT/checkpoints/step-NNNNNNNNN/rank{r}.pt`, the resume checks, and the
-error a non-finite loss raises (naming the last good checkpoint)."""
+"""Rank-sharded checkpoints `OUT/checkpoints/step-NNNNNNNNN/rank{r}.pt`, mirrored to a checkpoint URI
+when one is given (`mirror`), the resume checks, and the error a non-finite loss raises (naming the last
+good checkpoint)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from facepipe.errors import ConfigError, DataError, FacepipeError
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"  # written by rank 0 once every rank's shard is on disk
-KEEP_CHECKPOINTS = 2
+KEEP_CHECKPOINTS = 2  # here and under the checkpoint URI
 
 
 class NonFiniteLoss(FacepipeError):
@@ -60,12 +61,24 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 class Checkpoints:
     """The checkpoints of one run in `out_dir`, for the process `ctx`; `free_keys`: config keys that
     may change on resume because they do not change what is learned (the config's RESUME_FREE_KEYS);
-    `data`: what identifies the training data ({"digest": manifest.content_digest(...), counts}), checked on resume."""
+    `data`: what identifies the training data ({"digest": manifest.content_digest(...), counts}), checked on resume;
+    `uri`: a checkpoint URI (local folder, s3://, obs://) each checkpoint is also uploaded to, in the
+    background, and resumed from when it holds a newer one than `out_dir`; `close()` waits for them."""
 
-    def __init__(self, out_dir: Path, ctx, config: dict, free_keys, data: dict | None = None):
+    def __init__(self, out_dir: Path, ctx, config: dict, free_keys, data: dict | None = None, uri: str = ""):
+        from facepipe.training.mirror import CheckpointMirror
+
         self.out_dir, self.ctx, self.config, self.free_keys = Path(out_dir), ctx, config, free_keys
         self.data = data or {}
         self.saved_step = -1
+        self.mirror = CheckpointMirror(uri, ctx.rank, ctx.world, self.out_dir / CHECKPOINTS / ".upload",
+                                       KEEP_CHECKPOINTS) if uri else None
+
+    def close(self, raise_errors: bool = True) -> None:
+        """Wait for the uploads; a failed one raises, unless the run already fails for another reason
+        (`raise_errors=False`: its own error is the one to see)."""
+        if self.mirror is not None:
+            self.mirror.close(raise_errors)
 
     def save(self, stateful: dict, state) -> Path:
         """Writes every object's state_dict, the TrainState and the RNG; all ranks call it together."""
@@ -88,13 +101,15 @@ class Checkpoints:
             for old in sorted(p for p in folder.parent.glob("step-*") if (p / COMPLETE).exists())[:-KEEP_CHECKPOINTS]:
                 shutil.rmtree(old, ignore_errors=True)
         self.ctx.barrier()
+        if self.mirror is not None:
+            self.mirror.push(folder, step)
         self.saved_step = step
         return folder
 
     def resume(self, stateful: dict) -> dict | None:
         """Loads this rank's shard of the latest complete checkpoint into `stateful` and returns the
         shard (None for a fresh run); refuses one written by another number of processes or config."""
-        folder = latest_checkpoint(self.out_dir)
+        folder = self._fetched() if self.mirror is not None else latest_checkpoint(self.out_dir)
         if folder is None:
             return None
         info = json.loads((folder / COMPLETE).read_text())
@@ -125,6 +140,23 @@ class Checkpoints:
         self.saved_step = ckpt["state"]["step"]
         print(f"resuming from {folder} (step {self.saved_step})", flush=True)
         return ckpt
+
+    def _fetched(self) -> Path | None:
+        """The checkpoint to resume from: the newer of rank 0's local one and the newest complete one
+        under the URI (chosen by rank 0 for all ranks), this rank's shard fetched if it is not here."""
+        local = latest_checkpoint(self.out_dir)
+        step = -1.0
+        if self.ctx.main:
+            remote = self.mirror.newest()
+            step = float(max(-1 if local is None else int(local.name.split("-")[1]), -1 if remote is None else remote))
+        step = int(self.ctx.broadcast(step))
+        if step < 0:
+            return None
+        folder = self.out_dir / CHECKPOINTS / f"step-{step:09d}"
+        if not ((folder / COMPLETE).exists() and (folder / f"rank{self.ctx.rank}.pt").exists()):
+            self.mirror.fetch(step, folder)
+        self.ctx.barrier()
+        return folder
 
     def check_finite(self, loss: torch.Tensor, step: int, hint: str) -> None:
         if not torch.isfinite(loss):

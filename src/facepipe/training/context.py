@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from facepipe.errors import ConfigError
+from facepipe.steps import CPU_TORCH_ALLOWED_ENV
 
 
 @dataclass
@@ -36,6 +37,30 @@ class DistContext:
         return float(t)
 
 
+def gpu_expected(env=os.environ) -> str:
+    """Why this container should have a GPU ("" when nothing says so): the NVIDIA device plugin and
+    container runtime set NVIDIA_VISIBLE_DEVICES for a pod with a GPU limit (KFP's accelerator, a
+    ModelArts GPU flavour, `docker run --gpus`); "void" / "none" mean none."""
+    visible = env.get("NVIDIA_VISIBLE_DEVICES", "").strip()
+    if visible and visible.lower() not in ("void", "none"):
+        return f"NVIDIA_VISIBLE_DEVICES={visible}"
+    return ""
+
+
+def check_auto_device(config_name: str, cuda_available: bool, env=os.environ) -> None:
+    """device=auto in a container given a GPU that torch cannot use fails here, instead of quietly
+    training on CPU while the GPU sits reserved."""
+    reason = gpu_expected(env)
+    if cuda_available or not reason or env.get(CPU_TORCH_ALLOWED_ENV) == "1":
+        return
+    variant = env.get("FACEPIPE_TORCH_VARIANT") or torch.__version__
+    raise ConfigError(
+        f"{config_name}.device: 'auto' in a container with a GPU limit ({reason}) but torch sees no usable "
+        f"CUDA (torch {torch.__version__}, image torch variant {variant}). Use the CUDA image "
+        f"(`make push-images TORCH_VARIANT=cuda`, then compile), check the node's NVIDIA driver, "
+        f"or set device=cpu to train on CPU on purpose")
+
+
 @contextlib.contextmanager
 def distributed(device: str, deterministic: bool, config_name: str):
     """`with distributed(cfg.device, cfg.deterministic, "RecognitionTrainConfig") as ctx:`.
@@ -45,6 +70,8 @@ def distributed(device: str, deterministic: bool, config_name: str):
     """
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{config_name}.device: 'cuda' requested but no GPU is visible")
+    if device == "auto":
+        check_auto_device(config_name, torch.cuda.is_available())
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if cuda:

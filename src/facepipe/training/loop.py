@@ -90,7 +90,8 @@ class StepLog:
                 self.logger.log_metrics({f"train.{k}": v for k, v in mean.items()}
                                         | {"train.epoch": state.step / self.spe}, step=state.step)
             self.window.clear()
-        self.progress.update(1, loss=metrics["loss"], lr=metrics["lr"])
+        self.progress.update(1, epoch=state.step / self.spe, loss=metrics["loss"], lr=metrics["lr"],
+                             **{"samples/s": metrics["samples_per_s"]})
         if (self.cfg.checkpoint_every and state.step % self.cfg.checkpoint_every == 0) or state.step % self.spe == 0:
             self.save()
         return state.step < self.total and not self.budget.spent
