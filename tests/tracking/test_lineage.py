@@ -21,8 +21,8 @@ def client(mlflow_env, monkeypatch):
 
 
 def s3_keys(server, bucket: str) -> list[str]:
-    resp = server.client().list_objects_v2(Bucket=bucket)
-    return [o["Key"] for o in resp.get("Contents", [])]
+    pages = server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)  # > 1,000 keys
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
 def test_pipeline_run_with_step_children(client, mlflow_env, tmp_path):

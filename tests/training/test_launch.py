@@ -32,7 +32,8 @@ def test_pipeline_step_with_two_ranks_matches_a_torchrun_run(tmp_path):
                            "train_recognition.nproc_per_node=2", "--no-track", "--runs-dir", str(runs)],
                           cwd=PROJECT_ROOT, env=_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "train_recognition: starting 2 ranks on this node" in done.stdout + done.stderr
+    logs = "".join(p.read_text() for p in runs.glob("*/logs/train_recognition.log"))  # the step's own lines
+    assert "train_recognition: starting 2 ranks on this node" in logs
     record = json.loads(next(runs.glob("*/run.json")).read_text())
     piped = _metrics(PROJECT_ROOT / record["outputs"]["recognizer"])
     assert piped["world_size"] == 2
