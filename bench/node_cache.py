@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -90,12 +88,10 @@ def main() -> int:
     ap.add_argument("--server", choices=["nanio", "moto"], default="nanio")
     args = ap.parse_args()
 
+    from bench.storage import bench_server
     from facepipe import storage
-    from tests.fixtures.services import S3Server
 
-    work = Path(tempfile.mkdtemp(prefix="facepipe-bench-cache-"))
-    server = S3Server.start_nanio(work / "s3") if args.server == "nanio" else S3Server.start_moto(work / "s3")
-    try:
+    with bench_server("facepipe-bench-cache-", args.server) as (server, work):
         os.environ.update(server.aws_env())
         server.create_bucket("bench")
         nbytes = make_rec(work / "rec", args.mb)
@@ -114,9 +110,6 @@ def main() -> int:
             print(f"{name:<40}{sec:>9.2f}{got / 1e6:>12.0f}")
         print(f"ratio per-rank / cache: {per_rank[0] / once[0]:.2f}x seconds, "
               f"{per_rank[1] / max(once[1], 1):.2f}x bytes (goal: bytes = {args.ranks}x, one download per node)")
-    finally:
-        server.shutdown()
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
