@@ -135,3 +135,51 @@ def test_a_step_in_its_container_sees_hostile_strings_exactly(pushed, sandbox, t
     events = [json.loads(line) for f in sorted(spool.glob("*.jsonl")) for line in f.read_text().splitlines()]
     assert json.loads(task.outputs["lineage"])["data_digest"] == digest  # the string came through intact
     assert [e["params"]["prefix"] for e in events if e["op"] == "params" and "prefix" in e["params"]] == [prefix]
+
+
+def test_a_training_killed_in_its_container_resumes_from_its_s3_checkpoint(docker_env, pushed, sandbox, s3_server):
+    """SIGKILL to the train_recognition container once a checkpoint is on S3 (FACEPIPE_CHECKPOINT_ROOT, as a
+    cluster's pipeline root), then the same command again: it resumes there, not from step 0."""
+    import signal
+
+    from facepipe.training.mirror import CheckpointMirror
+    from tests.containers.harness import docker
+
+    env = {**docker_env, "FACEPIPE_CHECKPOINT_ROOT": "s3://fp-docker/kill-root"}
+    cmd = [sys.executable, "-m", "facepipe.cli", "run", "--runner", "docker", "--job", str(TINY_JOB),
+           "--set", "train_recognition.max_steps=60", "--set", "train_recognition.epochs=4",
+           "--set", "train_recognition.checkpoint_every=2",
+           "--experiment", "docker-kill"]
+    train_image = pushed["body"]["images"]["facepipe-train"]["reference"]
+    first = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    uploaded, killed = None, False
+    try:
+        deadline = time.monotonic() + 900
+        with s3_server.env():
+            from facepipe import storage
+
+            while time.monotonic() < deadline and first.poll() is None and uploaded is None:
+                root = "s3://fp-docker/kill-root/checkpoints/train_recognition"
+                runs = [e.uri for e in storage.ls(root)] if storage.exists(root) else []
+                uploaded = CheckpointMirror(runs[0], 0, 1, Path("/nonexistent"), 2).newest() if runs else None
+                time.sleep(1)
+        ids = docker(sandbox, "ps", "-q", "--filter", f"ancestor={train_image}").stdout.split()
+        for container in ids:  # the step's own process, as a preempted pod's
+            killed |= docker(sandbox, "kill", "--signal", "KILL", container, check=False).returncode == 0
+        first.wait(120)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(30)
+    assert uploaded is not None and killed, "no checkpoint reached S3 before the training ended"
+    assert latest_record(env)["status"] != "succeeded"
+
+    done = facepipe(env, *cmd[3:])
+    record = latest_record(env)
+    assert record["status"] == "succeeded"
+    metrics = json.loads((PROJECT_ROOT / record["outputs"]["recognizer"] / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] >= uploaded > 0, metrics  # nothing before it trained again
+    assert metrics["steps"] == metrics["total_steps"]
+    logs = "".join(p.read_text() for p in (Path(env["FACEPIPE_RUNS_DIR"]) / record["id"] / "logs").glob("*.log"))
+    assert "fetched the checkpoint of step" in logs, done.stdout[-3000:]  # the step's output is in its log file
