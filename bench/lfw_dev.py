@@ -15,7 +15,15 @@
    DIR at FAR 1e-2, the threshold calibrated on held-apart strangers and the FAR it gives on others;
 6. with --detector DET: the same config trained again for the same budget on A..H photos aligned on
    DET's landmarks (`pack --detector`, center crop where it finds no face or implausible
-   landmarks), verified on aligned pairs-dev faces: the effect of alignment alone, side by side.
+   landmarks), verified on aligned pairs-dev faces: the effect of alignment alone, side by side;
+7. the recipe study: each --variant NAME=key=value[,key=value] (and with --anchor, the
+   arcface_torch defaults: IResNet-50 at 112 px, ArcFace s=64 m=0.5, SGD 0.1, poly decay, flip
+   only) trained from scratch for the same --minutes on the same identities, its pairs-dev
+   accuracy printed beside the current recipe's. `min_images` may be a variant key (it changes
+   the packed set: identities with one photo become extra classes).
+
+    python bench/lfw_dev.py --minutes 6 --no-identification --anchor \
+        --variant min1=min_images=1 --variant wd5e-3=weight_decay=5e-3 --variant w0.5=width=0.5
 """
 
 from __future__ import annotations
@@ -46,6 +54,25 @@ DEFAULTS = {
     "augment": "flip_jitter", "amp": True, "dropout": 0.0, "clip_grad": 5.0, "center_crop": 0.5,
     "workers": 1, "checkpoint_every": 200, "export_onnx": True, "log_every": 20,
 }
+
+
+# arcface_torch's defaults (configs/base.py and the r50 configs), as far as facepipe's config names them
+ANCHOR = {
+    "backbone": "iresnet50", "width": 1.0, "input_size": 112, "embedding_size": 512, "loss": "arcface",
+    "scale": 64.0, "m2": 0.5, "m3": None, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+    "warmup_epochs": 0.0, "schedule": "poly", "batch_size": 128, "augment": "flip", "center_crop": 1.0,
+    "dropout": 0.0,
+}
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """`NAME=key=value[,key=value...]` -> (NAME, {key: value}) with values parsed as --set does."""
+    from facepipe.config import parse_sets
+
+    name, sep, rest = text.partition("=")
+    if not sep or not name or "=" not in rest:
+        raise SystemExit(f"--variant {text!r}: expected NAME=key=value[,key=value...]")
+    return name, parse_sets(rest.split(","))
 
 
 def crop_tree(lfw: Path, out: Path, initials: str, crop: float, size: int, min_images: int) -> int:
@@ -125,6 +152,10 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training config override")
     ap.add_argument("--detector", help="detector model.pt: also train and score on faces aligned on its "
                                        "landmarks (same config and budget), printed beside the center crop")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",
+                    help="recipe study: also train this setting for the same budget, printed beside the current one")
+    ap.add_argument("--anchor", action="store_true",
+                    help="recipe study: add the arcface_torch defaults (IResNet-50, ArcFace s=64 m=0.5, SGD 0.1, poly)")
     ap.add_argument("--no-identification", action="store_true", dest="no_identification",
                     help="skip the open-set identification rows")
     args = ap.parse_args(argv)
@@ -197,8 +228,63 @@ def main(argv=None) -> int:
         bench_open_set(lfw, out / "model.pt", None, report)
         if args.detector:
             bench_open_set(lfw, out / "aligned" / "model.pt", args.detector, report.setdefault("aligned", {}))
+    variants = [parse_variant(v) for v in args.variant]
+    if args.anchor:
+        variants.insert(0, ("arcface_torch", dict(ANCHOR)))
+    if variants:
+        report["study"] = study(lfw, out, values, args.minutes, args.min_images, variants, report)
     (out / "bench_lfw_dev.json").write_text(json.dumps(report, indent=2, default=str))
     return 0
+
+
+def packed_set(lfw: Path, work: Path, crop: float, size: int, min_images: int) -> Path:
+    """Centre crops of A..H at `size`, packed once per (size, crop, min_images) under `work`."""
+    from facepipe.data.pack import PackConfig, pack
+
+    rec = work / f"rec-{size}-{crop:g}-{min_images}"
+    if not (rec / "manifest.json").exists():
+        tree = work / f"crops-{size}-{crop:g}-{min_images}"
+        crop_tree(lfw, tree, "ABCDEFGH", crop, size, min_images)
+        pack(PackConfig(size=size, workers=1, min_images=min_images), tree, rec, progress=False)
+        shutil.rmtree(tree)
+    return rec
+
+
+def study(lfw: Path, out: Path, values: dict, minutes: float, min_images: int, variants: list,
+          report: dict) -> list[dict]:
+    """Train each variant for the same budget on the same identities; pairs-dev beside the current recipe."""
+    from facepipe.config import from_dict
+    from facepipe.evaluation.verification_step import evaluate_verification
+    from facepipe.recognition.config import RecognitionTrainConfig
+    from facepipe.recognition.train import train_recognition
+
+    base = report["recognizer"]
+    rows = [{"name": "current", "overrides": {}, "epochs": report["epochs"], "steps": report["steps"],
+             "train_loss": report["train_final_loss"], "accuracy": base["accuracy"], "auc": base["auc"]}]
+    for name, overrides in variants:
+        overrides = dict(overrides)
+        least = int(overrides.pop("min_images", min_images))
+        merged = {**values, **overrides, "epochs": 1000, "time_budget_min": minutes}
+        cfg = from_dict(RecognitionTrainConfig, merged, source=f"bench/lfw_dev.py --variant {name}")
+        rec = packed_set(lfw, out / "work", cfg.center_crop, cfg.input_size, least)
+        run = out / "study" / name
+        shutil.rmtree(run, ignore_errors=True)
+        print(f"study: training {name} ({overrides or 'current recipe'}"
+              f"{f', min_images {least}' if least != min_images else ''}) for {minutes:g} min", flush=True)
+        got = train_recognition(cfg, rec, run / "train")
+        found = evaluate_verification(run / "train" / "model.pt", lfw / "pairs-dev.txt", lfw / "images", run / "eval")
+        shutil.rmtree(run / "train" / "checkpoints", ignore_errors=True)
+        rows.append({"name": name, "overrides": {**overrides, **({"min_images": least} if least != min_images else {})},
+                     "epochs": round(got["steps"] * cfg.batch_size / got["num_images"], 2), "steps": got["steps"],
+                     "train_loss": got.get("train.loss"), "accuracy": found["verification.accuracy"],
+                     "auc": found["verification.auc"]})
+    print(f"recipe study, {minutes:g} min each on the same A..H identities (pairs-dev, I..K):")
+    print(f"{'setting':<16}{'epochs':>8}{'loss':>9}{'accuracy':>10}{'AUC':>8}{'vs current':>12}  overrides")
+    for r in rows:
+        loss = f"{r['train_loss']:.3f}" if isinstance(r["train_loss"], (int, float)) else "-"
+        print(f"{r['name']:<16}{r['epochs']:>8}{loss:>9}{r['accuracy']:>10.4f}{r['auc']:>8.4f}"
+              f"{100 * (r['accuracy'] - base['accuracy']):>+11.2f}p  {r['overrides'] or ''}")
+    return rows
 
 
 def train_aligned(lfw: Path, out: Path, values: dict, minutes: float, min_images: int, detector: Path) -> dict:
