@@ -60,9 +60,8 @@ DEFAULTS = {
 ANCHOR = {
     "backbone": "iresnet50", "width": 1.0, "input_size": 112, "embedding_size": 512, "loss": "arcface",
     "scale": 64.0, "m2": 0.5, "m3": None, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
-    "warmup_epochs": 0.0, "schedule": "poly", "batch_size": 128, "augment": "flip", "center_crop": 1.0,
-    "dropout": 0.0,
-}
+    "warmup_epochs": 0.0, "schedule": "poly", "batch_size": 128, "augment": "flip", "dropout": 0.0,
+}  # the faces are the same crops as every other row's (center_crop): the recipe differs, not the data
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
