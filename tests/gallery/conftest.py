@@ -58,7 +58,7 @@ def trained_recognizer(gallery_data, tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("trained_recognizer")
     pack(PackConfig(size=TINY["input_size"], workers=1), gallery_data["train"], root / "rec")
-    cfg = from_dict(RecognitionTrainConfig, dict(TINY, loss="arcface", augment="flip_jitter", epochs=20, batch_size=64, lr=0.1,
+    cfg = from_dict(RecognitionTrainConfig, dict(TINY, loss="arcface", augment="flip_jitter", epochs=30, batch_size=64, lr=0.1,
                                                  workers=0, checkpoint_every=0, log_every=50))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two threads on two shared cores run many times slower here
