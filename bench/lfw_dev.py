@@ -160,7 +160,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from facepipe.config import from_dict, parse_sets
-    from facepipe.data.pack import PackConfig, pack
     from facepipe.evaluation.verification_step import evaluate_verification
     from facepipe.recognition.config import RecognitionTrainConfig
     from facepipe.recognition.train import train_recognition
@@ -175,13 +174,7 @@ def main(argv=None) -> int:
     values = {**DEFAULTS, **parse_sets(args.set)}
     cfg = from_dict(RecognitionTrainConfig, values, source="bench/lfw_dev.py")
     work = out / "work"
-    t0 = time.perf_counter()
-    rec = work / "rec"
-    if not (rec / "manifest.json").exists():
-        tree = work / "crops"
-        n = crop_tree(lfw, tree, "ABCDEFGH", cfg.center_crop, cfg.input_size, args.min_images)
-        pack(PackConfig(size=cfg.input_size, workers=1, min_images=args.min_images), tree, rec, progress=False)
-        print(f"packed {n} A..H images (identities with >= {args.min_images}) in {time.perf_counter() - t0:.1f}s")
+    rec = packed_set(lfw, work, cfg.center_crop, cfg.input_size, args.min_images)
 
     # the budget is wall-clock: the LR schedule follows the elapsed share of it (time_budget_min)
     cfg = from_dict(RecognitionTrainConfig, {**values, "epochs": 1000, "time_budget_min": args.minutes},
@@ -242,10 +235,13 @@ def packed_set(lfw: Path, work: Path, crop: float, size: int, min_images: int) -
 
     rec = work / f"rec-{size}-{crop:g}-{min_images}"
     if not (rec / "manifest.json").exists():
+        started = time.perf_counter()
         tree = work / f"crops-{size}-{crop:g}-{min_images}"
-        crop_tree(lfw, tree, "ABCDEFGH", crop, size, min_images)
+        n = crop_tree(lfw, tree, "ABCDEFGH", crop, size, min_images)
         pack(PackConfig(size=size, workers=1, min_images=min_images), tree, rec, progress=False)
         shutil.rmtree(tree)
+        print(f"packed {n} A..H images at {size} px (identities with >= {min_images}) in "
+              f"{time.perf_counter() - started:.1f}s")
     return rec
 
 

@@ -49,6 +49,11 @@ def latest_record(env) -> dict:
     return max((json.loads(p.read_text()) for p in runs.glob("*/run.json")), key=lambda r: r["start"] + r["id"])
 
 
+def run_logs(env, record: dict) -> str:
+    """Every log file of a run (runs/<id>/logs/*.log): the steps' own output lands there, not on stdout."""
+    return "".join(p.read_text() for p in (Path(env["FACEPIPE_RUNS_DIR"]) / record["id"] / "logs").glob("*.log"))
+
+
 def children(env, parent_id: str) -> dict:
     from mlflow.tracking import MlflowClient
 
@@ -76,7 +81,7 @@ def test_tiny_pipeline_runs_every_step_in_its_pushed_image(first_run, docker_env
     spec = next(yaml.safe_load_all((Path(docker_env["FACEPIPE_RUNS_DIR"]) / record["id"] / "pipeline.yaml").read_text()))
     used = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert used == {e["reference"] for e in pushed["body"]["images"].values()}
-    logs = "".join(p.read_text() for p in (Path(docker_env["FACEPIPE_RUNS_DIR"]) / record["id"] / "logs").glob("*.log"))
+    logs = run_logs(docker_env, record)
     for ref in used:  # kfp's DockerRunner names the image it starts each task from, into that task's log
         assert f"image {ref!r}" in logs, ref
     assert "Got executor_input" in (Path(docker_env["FACEPIPE_RUNS_DIR"]) / record["id"] / "logs" / "pack.log").read_text()
@@ -181,5 +186,4 @@ def test_a_training_killed_in_its_container_resumes_from_its_s3_checkpoint(docke
     metrics = json.loads((PROJECT_ROOT / record["outputs"]["recognizer"] / "metrics.json").read_text())
     assert metrics["resumed_from_step"] >= uploaded > 0, metrics  # nothing before it trained again
     assert metrics["steps"] == metrics["total_steps"]
-    logs = "".join(p.read_text() for p in (Path(env["FACEPIPE_RUNS_DIR"]) / record["id"] / "logs").glob("*.log"))
-    assert "fetched the checkpoint of step" in logs, done.stdout[-3000:]  # the step's output is in its log file
+    assert "fetched the checkpoint of step" in run_logs(env, record), done.stdout[-3000:]  # the step's output is in its log file
