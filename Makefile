@@ -21,6 +21,9 @@ $(BIN)/.stamp: requirements.lock pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	# Only for the MTCNN teacher's three weight files (facepipe.detection.mtcnn); its code, which
+	# needs torchvision and an older torch, is never imported.
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps facenet-pytorch==2.6.0
 	touch $@
 
 setup: $(BIN)/.stamp

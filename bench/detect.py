@@ -11,19 +11,22 @@
    cascade's other faces are ignored (a detection there counts neither way). Plus synthetic
    scenes with known landmarks (facepipe.data.synth) for the landmark error;
 2. with --train: builds the training data (synthetic scenes with landmarks; A..H whole photos and
-   mosaics with teacher labels: Haar cascade + LFW geometry, landmarks -1), probes the step rate,
+   mosaics with teacher labels, --teacher: `mtcnn` boxes and 5 landmarks (default), or `haar`
+   Haar cascade + LFW geometry, landmarks -1), probes the step rate,
    then trains a MobileNet-0.25 RetinaFace for as many epochs as fit in --minutes (resumable:
    rerun the same command to continue) and writes DIR/model.pt. Under 10 minutes the data is
    shrunk to fit (a pipeline check, not a result);
 3. measures images/s at 640x480 on CPU (one image at a time, --threads each) for both backbones
    (an untrained ResNet-50 is timed when no trained one is given) and for the Haar cascade
-   (haarcascade_frontalface_default, scale 1.1, 3 neighbours);
+   (haarcascade_frontalface_default, scale 1.1, 3 neighbours) and the MTCNN teacher (pretrained,
+   weights from the facenet-pytorch wheel: a reference, not a contender trained here);
 4. scores per set AP@0.5 (all-point; the cascade's scores are its level weights), recall at 1
    FPPI, false positives per image at the operating point (RetinaFace score >= 0.5, the cascade
    as it answers; "on face": those lying mostly on a face, i.e. duplicates and face parts that NMS
    (IoU 0.4, the reference's) left), the landmark error (mean point distance / face size) on the synthetic test
-   scenes and the share of main faces on the whole photos whose 5 landmarks all fall inside the
-   face box;
+   scenes, the share of main faces on the whole photos whose 5 landmarks all fall inside the
+   face box, and on those photos the landmark error against MTCNN's landmarks (the teacher's, on
+   people no training saw);
 5. prints a table with Haar in the same run; writes DIR/bench_detect.json and DIR/pr_curves.png.
 """
 
@@ -103,25 +106,26 @@ SIZES = {"full": {"photos": 2000, "composites": 1200, "synth_scenes": 800},
 OPERATING_SCORE = 0.5
 
 
-def build_training_data(out: Path, lfw: Path, sizes: dict) -> Path:
+def build_training_data(out: Path, lfw: Path, sizes: dict, teacher: str) -> Path:
     from facepipe.data.composite import CompositeConfig, build_composites
     from facepipe.data.synth import SynthConfig, synthesize
 
-    data = out / "data"
+    data = out / f"data_{teacher}"
     if (data / "train" / "label.txt").exists() and (data / "val" / "label.txt").exists():
         return data
     synthesize(SynthConfig(identities=1, images=1, eval_identities=0, scenes=sizes["synth_scenes"], scene_size=320,
                            val_fraction=0.05, test_fraction=0.05, seed=11), data / "synth")
     build_composites(CompositeConfig(scenes=sizes["composites"], photos=sizes["photos"], whole_photos=True,
-                                     first_letters="ABCDEFGH", seed=21), lfw, data / "lfw_train")
+                                     first_letters="ABCDEFGH", teacher=teacher, seed=21), lfw, data / "lfw_train")
     build_composites(CompositeConfig(scenes=max(10, sizes["composites"] // 20), photos=max(20, sizes["photos"] // 20),
-                                     whole_photos=True, first_letters="ABCDEFGH", seed=22), lfw, data / "lfw_val")
+                                     whole_photos=True, first_letters="ABCDEFGH", teacher=teacher, seed=22), lfw,
+                     data / "lfw_val")
     merge_label_trees({"synth": data / "synth" / "detection" / "train", "lfw": data / "lfw_train"}, data / "train")
     merge_label_trees({"synth": data / "synth" / "detection" / "val", "lfw": data / "lfw_val"}, data / "val")
     return data
 
 
-def train(out: Path, lfw: Path, minutes: float, sets: dict, sizes: dict) -> Path:
+def train(out: Path, lfw: Path, minutes: float, sets: dict, sizes: dict, teacher: str) -> Path:
     from facepipe.config import from_dict
     from facepipe.detection.config import DetectionTrainConfig
     from facepipe.detection.data import load_samples
@@ -129,7 +133,7 @@ def train(out: Path, lfw: Path, minutes: float, sets: dict, sizes: dict) -> Path
     from facepipe.training.checkpoint import latest_checkpoint
 
     t0 = time.monotonic()
-    data = build_training_data(out, lfw, sizes)
+    data = build_training_data(out, lfw, sizes, teacher)
     n_train = len(load_samples(data / "train" / "label.txt"))
     print(f"training data: {n_train} images ({time.monotonic() - t0:.0f}s to build)", flush=True)
     values = TRAIN_DEFAULTS | sets
@@ -218,6 +222,27 @@ def landmarks_inside(predictions, truth) -> tuple[int, int]:
     return inside, matched
 
 
+def landmark_error_against(predictions, truth, reference) -> np.ndarray:
+    """Per main face: mean distance between the best-matching detection's landmarks and the
+    reference detector's (its main face), over the face box side; faces either misses are skipped."""
+    from facepipe.detection.evaluate import box_iou
+
+    errors = []
+    for dets, gts, refs in zip(predictions, truth, reference):
+        if not len(dets) or not len(gts) or not len(refs):
+            continue
+        gt = np.asarray(gts, np.float64)[:1, :4]
+        ref = refs[int(box_iou(gt, np.asarray(refs, np.float64)[:, :4])[0].argmax())]
+        overlaps = box_iou(gt, np.asarray(dets, np.float64)[:, :4])[0]
+        ok = np.flatnonzero(overlaps >= 0.5)
+        if not len(ok) or box_iou(gt, np.asarray(ref[None, :4], np.float64))[0, 0] < 0.4:
+            continue
+        det = dets[ok[int(np.asarray(dets)[ok, 4].argmax())]]
+        distance = np.linalg.norm(np.asarray(det[5:15]).reshape(5, 2) - ref[5:15].reshape(5, 2), axis=1)
+        errors.append(distance.mean() / (gt[0, 2] - gt[0, 0]))
+    return np.asarray(errors)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", help="output folder (default: a temporary one)")
@@ -233,6 +258,8 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", type=float, default=30.0,
                     help="--train: total budget; under 10 the training data is shrunk (a pipeline check)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="--train: config override")
+    ap.add_argument("--teacher", choices=["mtcnn", "haar"], default="mtcnn",
+                    help="--train: who labels the A..H photos (mtcnn: boxes and landmarks; haar: boxes)")
     args = ap.parse_args(argv)
     lfw = Path(args.lfw)
     if not (lfw / "images").is_dir():
@@ -249,7 +276,7 @@ def main(argv=None) -> int:
     from facepipe.detection.config import DetectionTrainConfig
     from facepipe.detection.data import load_samples, read_image
     from facepipe.detection.evaluate import ground_truth_boxes, landmark_errors, plot_pr_curves, score_detections
-    from facepipe.detection.infer import Detector
+    from facepipe.detection.infer import Detector, load_detector
     from facepipe.detection.model import build_model
 
     torch.set_num_threads(threads)
@@ -261,7 +288,7 @@ def main(argv=None) -> int:
     mode = "full" if args.minutes >= 10 else "short"
     if args.train:
         print(f"training: {mode} data sizes {SIZES[mode]}", flush=True)
-        model_path = str(train(out, lfw, args.minutes, parse_sets(args.set), SIZES[mode]))
+        model_path = str(train(out, lfw, args.minutes, parse_sets(args.set), SIZES[mode], args.teacher))
 
     sets = {}
     for name, split in evaluation_sets(out, lfw, args.photos, args.images, args.synth_images).items():
@@ -274,8 +301,11 @@ def main(argv=None) -> int:
     speed_images = sets["mosaics_IJK"]["images"][:args.speed_images]
 
     cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    mtcnn = load_detector("mtcnn")
     contenders = {"haar": {"detect": lambda im: haar_detect(cascade, im), "trained": True, "weights": "OpenCV",
-                           "operating": -np.inf}}
+                           "operating": -np.inf},
+                  "mtcnn_teacher": {"detect": mtcnn.detect, "trained": True, "operating": -np.inf,
+                                    "weights": "facenet-pytorch wheel (pretrained, reference)"}}
     for name, backbone, path in (("retinaface_mobilenet0.25", "mobilenet0.25", model_path),
                                  ("retinaface_resnet50", "resnet50", args.resnet_model)):
         if path:
@@ -293,6 +323,7 @@ def main(argv=None) -> int:
 
     results = {}
     curves = {}
+    reference = {}  # the teacher's detections per set: landmarks to compare against
     for name, c in contenders.items():
         ips = time_per_image(c.get("speed", c["detect"]), speed_images)
         results[name] = {"images_per_s": ips, "trained": c["trained"], "weights": c["weights"], "sets": {}}
@@ -301,6 +332,8 @@ def main(argv=None) -> int:
             continue
         for set_name, data in sets.items():
             predictions = [c["detect"](im) for im in data["images"]]
+            if name == "mtcnn_teacher":
+                reference[set_name] = predictions
             metrics, curve = score_detections(predictions, data["truth"], prefix="d", ignore=data["ignore"])
             row = {key: metrics[f"d.{key}"] for key in ("ap50", "ap50_easy", "ap50_medium", "ap50_hard",
                                                          "recall_at_1fppi", "faces_hard")}
@@ -314,6 +347,10 @@ def main(argv=None) -> int:
             if name != "haar" and set_name == "photos_IJK":
                 inside, matched = landmarks_inside(predictions, data["truth"])
                 row |= {"landmarks_inside": inside / max(matched, 1), "landmarks_matched": matched}
+                if name != "mtcnn_teacher":
+                    errors = landmark_error_against(predictions, data["truth"], reference[set_name])
+                    row |= {"landmark_nme_vs_mtcnn": float(np.median(errors)) if len(errors) else float("nan"),
+                            "landmark_nme_vs_mtcnn_faces": len(errors)}
             results[name]["sets"][set_name] = row
             curves[f"{name} {set_name}"] = curve["hard"]
             print(f"{name} on {set_name}: AP50 {row['ap50']:.3f}, {row['fp_per_image']:.2f} FP/image", flush=True)
@@ -324,11 +361,12 @@ def main(argv=None) -> int:
           f"{len(speed_images)} mosaics 640x480, {threads} thread(s), CPU")
     base = results["haar"]["images_per_s"]
     print(f"{'detector':26s} {'set':12s} {'AP50':>6s} {'easy':>6s} {'medium':>6s} {'hard':>6s} {'R@1fppi':>8s} "
-          f"{'FP/img':>7s} {'on face':>7s} {'lm NME':>7s} {'lm in':>6s}")
+          f"{'FP/img':>7s} {'on face':>7s} {'lm NME':>7s} {'lm in':>6s} {'vs MTCNN':>8s}")
     for name, r in results.items():
         for set_name, row in r["sets"].items():
             nme = f"{row['landmark_nme']:7.3f}" if "landmark_nme" in row else f"{'':7s}"
             inside = f"{row['landmarks_inside']:6.2f}" if "landmarks_inside" in row else f"{'':6s}"
+            inside += f" {row['landmark_nme_vs_mtcnn']:8.3f}" if "landmark_nme_vs_mtcnn" in row else ""
             print(f"{name:26s} {set_name:12s} {row['ap50']:6.3f} {row['ap50_easy']:6.3f} {row['ap50_medium']:6.3f} "
                   f"{row['ap50_hard']:6.3f} {row['recall_at_1fppi']:8.3f} {row['fp_per_image']:7.2f} "
                   f"{row['fp_on_faces_per_image']:7.2f} {nme} {inside}")

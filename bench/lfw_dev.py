@@ -13,9 +13,10 @@
 4. prints both and writes DIR/bench_lfw_dev.json; DIR/model.pt is the recognizer;
 5. open-set identification on I..K (bench/gallery.py's part 4): one-photo vs multi-photo templates,
    DIR at FAR 1e-2, the threshold calibrated on held-apart strangers and the FAR it gives on others;
-6. with --detector DET: the same config trained again for the same budget on A..H photos aligned on
-   DET's landmarks (`pack --detector`, center crop where it finds no face or implausible
-   landmarks), verified on aligned pairs-dev faces: the effect of alignment alone, side by side;
+6. with --detector DET (repeatable; a model.pt, or `mtcnn` for the pretrained teacher): the same
+   config trained again for the same budget on A..H photos aligned on DET's landmarks (`pack
+   --detector`, center crop where it finds no face or implausible landmarks), verified on aligned
+   pairs-dev faces: the effect of alignment alone, side by side;
 7. the recipe study: each --variant NAME=key=value[,key=value] (and with --anchor, the
    arcface_torch defaults: IResNet-50 at 112 px, ArcFace s=64 m=0.5, SGD 0.1, poly decay, flip
    only) trained from scratch for the same --minutes on the same identities, its pairs-dev
@@ -149,8 +150,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lfw", default=str(LFW_DEV), help="lfw-dev folder (images/, pairs-dev.txt)")
     ap.add_argument("--min-images", type=int, default=2, help="train on identities with at least this many images")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training config override")
-    ap.add_argument("--detector", help="detector model.pt: also train and score on faces aligned on its "
-                                       "landmarks (same config and budget), printed beside the center crop")
+    ap.add_argument("--detector", action="append", default=[],
+                    help="detector model.pt, or mtcnn (repeatable): also train and score on faces aligned on "
+                         "its landmarks (same config and budget), printed beside the center crop")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",
                     help="recipe study: also train this setting for the same budget, printed beside the current one")
     ap.add_argument("--anchor", action="store_true",
@@ -204,22 +206,25 @@ def main(argv=None) -> int:
           f"{lbp['auc']:>8.4f}{lbp['tar_at_far_1e-2']:>10.4f}")
     print(f"gain: {report['accuracy_gain_points']} accuracy points (goal >= 10); trained {report['epochs']} epochs in "
           f"{train_s / 60:.1f} min; recognizer at {out / 'model.pt'}")
-    if args.detector:
-        aligned = train_aligned(lfw, out, values, args.minutes, args.min_images, Path(args.detector))
-        report["aligned"] = aligned
-        print(f"{'recognizer, aligned faces':<28}{aligned['accuracy']:>8.4f} +-{aligned['accuracy_std']:.3f}"
+    for detector in args.detector:
+        label = aligned_label(detector)
+        aligned = train_aligned(lfw, out, values, args.minutes, args.min_images, detector)
+        report.setdefault("aligned", {})[label] = aligned
+        print(f"{'aligned on ' + label:<28}{aligned['accuracy']:>8.4f} +-{aligned['accuracy_std']:.3f}"
               f"{aligned['auc']:>8.4f}{aligned['tar_at_far_1e-2']:>10.4f}")
-        print(f"alignment alone (same config and budget): accuracy {aligned['accuracy'] - ours['verification.accuracy']:+.4f}, "
+        print(f"alignment alone on {label} (same config and budget): accuracy "
+              f"{aligned['accuracy'] - ours['verification.accuracy']:+.4f}, "
               f"AUC {aligned['auc'] - ours['verification.auc']:+.4f}; training faces aligned "
               f"{aligned['pack_aligned']}/{aligned['pack_images']}, pairs-dev faces aligned "
-              f"{aligned['eval_aligned']}/{aligned['eval_faces']}")
+              f"{aligned['eval_aligned']}/{aligned['eval_faces']}", flush=True)
     if not args.no_identification:
         sys.path.insert(0, str(ROOT))
         from bench.gallery import bench_open_set
 
         bench_open_set(lfw, out / "model.pt", None, report)
-        if args.detector:
-            bench_open_set(lfw, out / "aligned" / "model.pt", args.detector, report.setdefault("aligned", {}))
+        for detector in args.detector:
+            label = aligned_label(detector)
+            bench_open_set(lfw, out / f"aligned-{label}" / "model.pt", detector, report["aligned"][label])
     variants = [parse_variant(v) for v in args.variant]
     if args.anchor:
         variants.insert(0, ("arcface_torch", dict(ANCHOR)))
@@ -282,7 +287,12 @@ def study(lfw: Path, out: Path, values: dict, minutes: float, min_images: int, v
     return rows
 
 
-def train_aligned(lfw: Path, out: Path, values: dict, minutes: float, min_images: int, detector: Path) -> dict:
+def aligned_label(detector: str) -> str:
+    """A short name for an aligned row: `mtcnn`, or the detector model's folder name."""
+    return detector if detector == "mtcnn" else Path(detector).resolve().parent.name
+
+
+def train_aligned(lfw: Path, out: Path, values: dict, minutes: float, min_images: int, detector: str) -> dict:
     """Pack A..H photos aligned on `detector`'s landmarks, train the same config for the same
     budget, verify pairs-dev on aligned faces; the metrics and how many faces were aligned."""
     from facepipe.config import from_dict
@@ -293,7 +303,7 @@ def train_aligned(lfw: Path, out: Path, values: dict, minutes: float, min_images
 
     cfg = from_dict(RecognitionTrainConfig, {**values, "epochs": 1000, "time_budget_min": minutes},
                     source="bench/lfw_dev.py")
-    work = out / "aligned"
+    work = out / f"aligned-{aligned_label(detector)}"
     photos = work / "photos"  # links to the shared photos: nothing copied
     if not photos.exists():
         for person in sorted((lfw / "images").iterdir()):
@@ -302,7 +312,7 @@ def train_aligned(lfw: Path, out: Path, values: dict, minutes: float, min_images
                 (photos / person.name).mkdir(parents=True)
                 for f in files:
                     (photos / person.name / f.name).symlink_to(f)
-    packed = pack(PackConfig(size=cfg.input_size, workers=2, min_images=min_images, detector=str(detector),
+    packed = pack(PackConfig(size=cfg.input_size, workers=2, min_images=min_images, detector=detector,
                              center_crop=cfg.center_crop), photos, work / "rec", progress=False)
     shutil.rmtree(work / "train", ignore_errors=True)
     train_recognition(cfg, work / "rec", work / "train")

@@ -2,8 +2,10 @@
 
 A whole LFW photo (250x250) shows the person's head, shoulders, clothing, sometimes hands and other
 people: the context a detector meets in real photos. Its faces are labelled by a teacher
-(`facepipe.data.teacher`: OpenCV's Haar cascade plus the LFW crop geometry); landmarks are unknown
-(-1). A mosaic places 1..N whole photos (each cut to a random frame around its main face) at
+(`facepipe.data.teacher`, `teacher`): `haar`, OpenCV's Haar cascade plus the LFW crop geometry,
+boxes only (landmarks -1); or `mtcnn`, MTCNN's boxes and 5 landmarks (the geometry box, without
+landmarks, where MTCNN finds no main face). Landmarks follow their face through the mosaic's cut,
+mirror and scale, and are dropped (-1) where one falls outside the visible photo. A mosaic places 1..N whole photos (each cut to a random frame around its main face) at
 varied scales, side by side without overlap, on a background of real photo texture or a procedural
 one: many faces per image, 16 px to half the image. Negative mosaics are tiled from photo regions
 the teacher finds no face in (below the chin: clothing, hands; the top corners: scenery). With
@@ -25,9 +27,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from facepipe.config import bounded
+from facepipe.config import bounded, choice
 from facepipe.data.synth_nuisance import background, degrade, light
-from facepipe.data.teacher import LFW_FACE_BOX, LFW_SIZE, HaarTeacher, TeacherConfig
+from facepipe.data.teacher import LFW_FACE_BOX, LFW_SIZE, HaarTeacher, MtcnnTeacher, TeacherConfig, teacher_face
 from facepipe.errors import ConfigError, DataError
 
 CORNER = 50
@@ -55,6 +57,7 @@ class CompositeConfig:
     photo_background_fraction: float = bounded(0.5, low=0.0, high=1.0,
                                                help="mosaics on a collage of photo corners instead of procedural")
     tint_fraction: float = bounded(0.5, low=0.0, high=1.0, help="mosaics whose grey photos get skin tints")
+    teacher: str = choice("haar", ["haar", "mtcnn"], help="labels: haar boxes, or mtcnn boxes and landmarks")
     min_neighbors: int = bounded(5, low=1, help="teacher: cascade hits a background face needs")
     evaluation: bool = False
     first_letters: str = "ABCDEFGH"
@@ -85,7 +88,8 @@ def face_photos(lfw_dir: str | Path, first_letters: str) -> list[Path]:
 
 @dataclass
 class PhotoFaces:
-    """One photo's teacher labels in its pixels: faces to label (K,4) and faces to ignore (J,4), xyxy."""
+    """One photo's teacher labels in its pixels: faces to label (K,14: xyxy + 5 landmarks, -1 where
+    unknown), faces to ignore (J,4 xyxy) and the main face's box."""
 
     labels: np.ndarray
     ignore: np.ndarray
@@ -97,17 +101,31 @@ class PhotoLabels:
 
     def __init__(self, cfg: CompositeConfig):
         self.evaluation = cfg.evaluation
-        self.teacher = HaarTeacher(TeacherConfig(min_neighbors=cfg.min_neighbors, lfw_geometry=True))
+        teacher_cfg = TeacherConfig(teacher=cfg.teacher, min_neighbors=cfg.min_neighbors, lfw_geometry=True)
+        self.teacher = MtcnnTeacher(teacher_cfg) if cfg.teacher == "mtcnn" else HaarTeacher(teacher_cfg)
         self.cache: dict[Path, PhotoFaces] = {}
+
+    def _rows(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(main row (14,), geometry box (4,), other faces' rows (K, 14))."""
+        h, w = image.shape[:2]
+        geometry = np.asarray(LFW_FACE_BOX, np.float32) * np.array([w, h, w, h], np.float32) / LFW_SIZE
+        if isinstance(self.teacher, MtcnnTeacher):
+            rows = self.teacher.label(image)
+            return rows[0], geometry, rows[1:]
+        main, geometry, others = self.teacher.lfw_faces(image)
+        unknown = np.full((len(others) + 1, 10), -1.0, np.float32)
+        rows = np.concatenate([np.concatenate([main[None], others]), unknown], 1)
+        return rows[0], geometry, rows[1:]
 
     def __call__(self, path: Path, image: np.ndarray) -> PhotoFaces:
         if path not in self.cache:
-            main, geometry, others = self.teacher.lfw_faces(image)
-            if self.evaluation:  # the benchmarked cascade must not draw the boxes it is scored on
-                self.cache[path] = PhotoFaces(geometry[None], others, geometry)
+            main, geometry, others = self._rows(image)
+            if self.evaluation:  # the benchmarked teacher must not draw the boxes it is scored on
+                rows = np.concatenate([geometry, np.full(10, -1.0, np.float32)])[None]
+                self.cache[path] = PhotoFaces(rows, others[:, :4], geometry)
             else:
                 self.cache[path] = PhotoFaces(np.concatenate([main[None], others]), np.zeros((0, 4), np.float32),
-                                              main)
+                                              main[:4])
         return self.cache[path]
 
 
@@ -132,11 +150,17 @@ def _intersection(a, b) -> float:
     return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
 
 
-def _place(boxes: np.ndarray, scale: float, frame, offset, flip: bool, visible) -> tuple[np.ndarray, np.ndarray]:
-    """Photo boxes -> mosaic boxes (frame cut, optional mirror, scale, offset), clipped to `visible`;
-    returns (kept boxes, boxes too cut to label)."""
+# A mirrored face's landmarks: the left eye becomes the right one, the mouth corners swap.
+MIRRORED_LANDMARKS = [1, 0, 2, 4, 3]
+
+
+def _place(rows: np.ndarray, scale: float, frame, offset, flip: bool, visible) -> tuple[np.ndarray, np.ndarray]:
+    """Photo faces -> mosaic faces (frame cut, optional mirror, scale, offset), clipped to `visible`;
+    returns (kept faces, boxes too cut to label (J,4)). `rows` are (K,4) boxes or (K,14) boxes +
+    landmarks (-1: unknown); a landmark outside `visible` makes its face's landmarks unknown."""
     fx0, fy0, fx1, _fy1 = frame
-    out = boxes.astype(np.float64).copy()
+    boxes = rows[:, :4].astype(np.float64)
+    out = boxes.copy()
     if flip:
         out[:, [0, 2]] = fx0 + fx1 - boxes[:, [2, 0]]  # mirrored inside the frame
     out = (out - [fx0, fy0, fx0, fy0]) * scale + [offset[0], offset[1], offset[0], offset[1]]
@@ -144,7 +168,18 @@ def _place(boxes: np.ndarray, scale: float, frame, offset, flip: bool, visible) 
     area = np.prod(np.clip(out[:, 2:] - out[:, :2], 0, None), 1)
     shown = np.prod(np.clip(clipped[:, 2:] - clipped[:, :2], 0, None), 1)
     ok = shown >= MIN_VISIBLE * np.maximum(area, 1e-9)
-    return clipped[ok].astype(np.float32), out[~ok & (shown > 0)].astype(np.float32)
+    cut = out[~ok & (shown > 0)].astype(np.float32)
+    if rows.shape[1] == 4:
+        return clipped[ok].astype(np.float32), cut
+    points = rows[:, 4:14].astype(np.float64).reshape(-1, 5, 2)
+    known = (points >= 0).all((1, 2))
+    if flip:
+        points[..., 0] = fx0 + fx1 - points[..., 0]
+        points = points[:, MIRRORED_LANDMARKS]
+    points = (points - [fx0, fy0]) * scale + offset
+    inside = (points >= visible[:2]).all((1, 2)) & (points <= visible[2:]).all((1, 2))
+    points[~(known & inside)] = -1.0
+    return np.concatenate([clipped, points.reshape(-1, 10)], 1)[ok].astype(np.float32), cut
 
 
 def face_free_regions(photo: np.ndarray, faces: PhotoFaces) -> list[np.ndarray]:
@@ -157,7 +192,7 @@ def face_free_regions(photo: np.ndarray, faces: PhotoFaces) -> list[np.ndarray]:
 
 
 def render_composite(cfg: CompositeConfig, photos: list[Path], index: int, labels: PhotoLabels):
-    """One mosaic: (BGR image, (K,4) face boxes, (J,4) ignored boxes), xyxy. Deterministic in (seed, index)."""
+    """One mosaic: (BGR image, (K,14) faces: xyxy + landmarks, (J,4) ignored boxes). Deterministic in (seed, index)."""
     rng = np.random.default_rng([cfg.seed, 41, index])
     h, w = cfg.height, cfg.width
     if rng.random() < cfg.photo_background_fraction:
@@ -167,7 +202,7 @@ def render_composite(cfg: CompositeConfig, photos: list[Path], index: int, label
     # Grey photos on colour backgrounds would teach "grey blob = face": a tinted mosaic tints each
     # photo, an untinted one is made grey throughout.
     tint = rng.random() < cfg.tint_fraction
-    boxes, ignored = [np.zeros((0, 4), np.float32)], [np.zeros((0, 4), np.float32)]
+    boxes, ignored = [np.zeros((0, 14), np.float32)], [np.zeros((0, 4), np.float32)]
     if rng.random() < cfg.negative_fraction:
         _paste_regions(img, rng, photos, labels, tint)
     else:
@@ -214,7 +249,7 @@ def render_composite(cfg: CompositeConfig, photos: list[Path], index: int, label
     boxes = np.concatenate(boxes)
     # Faces too small for any anchor are left unlabelled but not counted against a detector.
     small = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) < 4
-    return img, boxes[~small], np.concatenate(ignored + [boxes[small]])
+    return img, boxes[~small], np.concatenate(ignored + [boxes[small, :4]])
 
 
 def _paste_regions(img: np.ndarray, rng: np.random.Generator, photos: list[Path], labels: PhotoLabels,
@@ -246,7 +281,7 @@ def _paste_regions(img: np.ndarray, rng: np.random.Generator, photos: list[Path]
 def build_composites(cfg: CompositeConfig, lfw_dir: str | Path, out_dir: str | Path) -> dict:
     """Write `OUT/images/composite_NNNNNN.jpg` (+ the `images/photos` link for whole photos),
     `OUT/label.txt`, `OUT/ignore.json` and the manifest; returns counts."""
-    from facepipe.data.labels import FaceLabel, LabelledImage, write_labels
+    from facepipe.data.labels import LabelledImage, write_labels
     from facepipe.manifest import write_manifest
     from facepipe.progress import Progress
 
@@ -258,15 +293,15 @@ def build_composites(cfg: CompositeConfig, lfw_dir: str | Path, out_dir: str | P
         chosen = np.random.default_rng([cfg.seed, 43]).permutation(len(photos))[:cfg.photos]
         photos = [photos[i] for i in sorted(chosen.tolist())]
     labels = PhotoLabels(cfg)
-    labelled, ignore, faces = [], {}, 0
+    labelled, ignore, faces, landmarked = [], {}, 0, 0
 
-    def add(name: str, boxes: np.ndarray, ignored: np.ndarray) -> None:
-        nonlocal faces
-        labelled.append(LabelledImage(name, [FaceLabel(box=[x1, y1, x2 - x1, y2 - y1])
-                                             for x1, y1, x2, y2 in boxes.tolist()]))
+    def add(name: str, rows: np.ndarray, ignored: np.ndarray) -> None:
+        nonlocal faces, landmarked
+        labelled.append(LabelledImage(name, [teacher_face(row) for row in rows]))
+        landmarked += int((rows[:, 4:] >= 0).all(1).sum())
         if len(ignored):
             ignore[name] = np.round(ignored, 2).tolist()
-        faces += len(boxes)
+        faces += len(rows)
 
     if cfg.whole_photos:
         link = out_dir / "images" / "photos"
@@ -292,7 +327,8 @@ def build_composites(cfg: CompositeConfig, lfw_dir: str | Path, out_dir: str | P
     (out_dir / "ignore.json").write_text(json.dumps(ignore))
     report = {"scenes": cfg.scenes, "whole_photos": len(photos) if cfg.whole_photos else 0, "faces": faces,
               "ignored_faces": sum(len(v) for v in ignore.values()), "photos_available": len(photos),
-              "identities": cfg.first_letters, "labels": "teacher: OpenCV Haar cascade + LFW geometry"
+              "landmarked_faces": landmarked, "identities": cfg.first_letters,
+              "labels": f"teacher: {labels.teacher.description} + LFW geometry"
               + (" (main faces: geometry only)" if cfg.evaluation else "")}
     write_manifest(out_dir, kind="detection_composites", extra=report)
     return report

@@ -51,7 +51,7 @@ class PackConfig:
     workers: int = bounded(0, low=0, help="worker processes; 0 = all cores")
     quality: int = bounded(95, low=1, high=100, help="JPEG quality")
     min_images: int = bounded(1, low=1, help="drop identities with fewer usable images")
-    detector: str | None = None  # detector model.pt: align faces with landmarks instead of center-crop
+    detector: str | None = None  # detector model.pt, or mtcnn (the teacher): align faces on landmarks
     center_crop: float = bounded(1.0, low=0.05, high=1.0,
                                  help="share of the shorter side kept where a face is center-cropped "
                                       "(no detector, or no face / implausible landmarks); train with "
@@ -61,9 +61,9 @@ class PackConfig:
         if not self.prefix or "/" in self.prefix or "\\" in self.prefix or self.prefix.startswith("."):
             raise ConfigError(f"PackConfig.prefix: {self.prefix!r} is not a file name prefix "
                               f"(expected e.g. 'train', without slashes)")
-        if self.detector is not None and not Path(self.detector).is_file():
+        if self.detector not in (None, "mtcnn") and not Path(self.detector).is_file():
             raise ConfigError(f"PackConfig.detector: {self.detector!r} is not a file "
-                              f"(expected a detector model.pt)")
+                              f"(expected a detector model.pt, or mtcnn for the MTCNN teacher)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,11 +1,14 @@
-"""Teacher labels: face boxes found by OpenCV's Haar cascade (shipped in opencv-python) for unlabelled photos.
+"""Teacher labels: faces found by a detector that needs no training, for unlabelled photos.
 
-The detector's real-photo training data has no hand-made boxes: a classical detector labels it.
-`HaarTeacher.faces` gives the boxes it is confident of (at least `min_neighbors` merged hits);
-`lfw_faces` adds what is known of an LFW photo (250x250, cut around a Viola-Jones detection, so its
-main face sits at `LFW_FACE_BOX`): the main face is the cascade's box when one agrees with that
-geometry, else the geometry box; the cascade's other confident boxes are the background people.
-Landmarks are not labelled (written as -1, so the landmark loss skips these faces).
+The detector's real-photo training data has no hand-made boxes: a teacher labels it. Two teachers:
+- `haar` (`HaarTeacher`): OpenCV's Haar cascade (shipped in opencv-python). `faces` gives the boxes
+  it is confident of (at least `min_neighbors` merged hits); `lfw_faces` adds what is known of an
+  LFW photo (250x250, cut around a Viola-Jones detection, so its main face sits at `LFW_FACE_BOX`):
+  the main face is the cascade's box when one agrees with that geometry, else the geometry box; the
+  cascade's other confident boxes are the background people. No landmarks (written as -1, so the
+  landmark loss skips these faces).
+- `mtcnn` (`MtcnnTeacher`): the MTCNN cascade (`facepipe.detection.mtcnn`, weights from the
+  facenet-pytorch wheel): boxes and 5 landmarks for the faces it scores at least `min_score`.
 `label_photos` is the user's way to the same labels: a folder of photos -> `OUT/images/` +
 `OUT/label.txt` (the RetinaFace layout) + manifest.
 """
@@ -19,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from facepipe.config import bounded
+from facepipe.config import bounded, choice
 
 HAAR_MODEL = "haarcascade_frontalface_default.xml"
 LFW_SIZE = 250
@@ -34,6 +37,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 @dataclass
 class TeacherConfig:
+    teacher: str = choice("haar", ["haar", "mtcnn"], help="haar: boxes only; mtcnn: boxes and 5 landmarks")
+    min_score: float = bounded(0.9, low=0.0, high=1.0, help="mtcnn: O-Net score a face needs to become a label")
     min_neighbors: int = bounded(5, low=1, help="merged cascade hits a box needs to become a label")
     scale_factor: float = bounded(1.1, low=1.01, high=2.0, help="cascade pyramid step")
     min_size: int = bounded(20, low=8, help="smallest face side searched (px)")
@@ -89,11 +94,68 @@ class HaarTeacher:
         return main, geometry, np.asarray(others, np.float32).reshape(-1, 4)
 
     def label(self, image: np.ndarray) -> np.ndarray:
-        """(K, 4) xyxy labels for one photo, with the LFW geometry when `lfw_geometry` is set."""
+        """(K, 14) labels for one photo: xyxy + 5 landmarks (-1: unknown), with the LFW geometry
+        when `lfw_geometry` is set."""
         if not self.cfg.lfw_geometry:
-            return self.faces(image)
-        main, _geometry, others = self.lfw_faces(image)
-        return np.concatenate([main[None], others], 0)
+            boxes = self.faces(image)
+        else:
+            main, _geometry, others = self.lfw_faces(image)
+            boxes = np.concatenate([main[None], others], 0)
+        return np.concatenate([boxes, np.full((len(boxes), 10), -1.0, np.float32)], 1)
+
+    @property
+    def description(self) -> str:
+        return f"opencv {cv2.__version__} {HAAR_MODEL}"
+
+
+class MtcnnTeacher:
+    """MTCNN's faces scored at least `min_score`, with their landmarks; on an LFW photo
+    (`lfw_geometry`) the main face is MTCNN's face nearest the geometry box, or that box without
+    landmarks where MTCNN finds none there."""
+
+    def __init__(self, cfg: TeacherConfig | None = None):
+        from facepipe.detection.mtcnn import MtcnnDetector
+
+        self.cfg = cfg or TeacherConfig(teacher="mtcnn")
+        self.detector = MtcnnDetector(min_face=self.cfg.min_size)
+
+    def label(self, image: np.ndarray) -> np.ndarray:
+        rows = self.detector.detect(image)
+        rows = np.concatenate([rows[:, :4], rows[:, 5:]], 1)[rows[:, 4] >= self.cfg.min_score]
+        if not self.cfg.lfw_geometry:
+            return rows
+        h, w = image.shape[:2]
+        geometry = np.asarray(LFW_FACE_BOX, np.float32) * np.array([w, h, w, h], np.float32) / LFW_SIZE
+        ious = np.array([box_iou(geometry, r) for r in rows])
+        if len(rows) and ious.max() >= MTCNN_MAIN_FACE_IOU:
+            main = rows[int(ious.argmax())]
+        else:
+            main = np.concatenate([geometry, np.full(10, -1.0, np.float32)])
+        others = [r for r, iou in zip(rows, ious) if iou < 0.2 and box_iou(main, r) < 0.2]
+        return np.asarray([main] + others, np.float32).reshape(-1, 14)
+
+    @property
+    def description(self) -> str:
+        return f"mtcnn (facenet-pytorch weights, {self.detector.digest[:12]})"
+
+
+# MTCNN's boxes run from brow to chin, taller than the cascade's squares the geometry comes from.
+MTCNN_MAIN_FACE_IOU = 0.4
+
+
+def make_teacher(cfg: TeacherConfig):
+    return MtcnnTeacher(cfg) if cfg.teacher == "mtcnn" else HaarTeacher(cfg)
+
+
+def teacher_face(row: np.ndarray):
+    """A label.txt face from a teacher row (xyxy + 10 landmark values, -1 where unknown)."""
+    from facepipe.data.labels import VISIBLE, FaceLabel
+
+    x1, y1, x2, y2 = (float(v) for v in row[:4])
+    if (row[4:] < 0).all():
+        return FaceLabel(box=[x1, y1, x2 - x1, y2 - y1])
+    return FaceLabel(box=[x1, y1, x2 - x1, y2 - y1], landmarks=row[4:].reshape(5, 2),
+                     landmark_flags=np.full(5, VISIBLE))
 
 
 def label_photos(src: str | Path, out_dir: str | Path, cfg: TeacherConfig | None = None) -> dict:
@@ -110,7 +172,7 @@ def label_photos(src: str | Path, out_dir: str | Path, cfg: TeacherConfig | None
     files = sorted(f for f in src.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"no photos ({', '.join(IMAGE_SUFFIXES)}) in this folder", path=src)
-    teacher = HaarTeacher(cfg)
+    teacher = make_teacher(cfg or TeacherConfig())
     labelled, unreadable, faces = [], [], 0
     with replacing(out_dir, kind="teacher_labels") as tmp, Progress(len(files), "labelling", unit="img") as progress:
         for f in files:
@@ -120,17 +182,17 @@ def label_photos(src: str | Path, out_dir: str | Path, cfg: TeacherConfig | None
             if image is None:
                 unreadable.append(rel)
                 continue
-            boxes = teacher.label(image)
+            rows = teacher.label(image)
             (tmp / "images" / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(f, tmp / "images" / rel)
-            labelled.append(LabelledImage(rel, [FaceLabel(box=[x1, y1, x2 - x1, y2 - y1])
-                                                for x1, y1, x2, y2 in boxes.tolist()]))
-            faces += len(boxes)
+            labelled.append(LabelledImage(rel, [teacher_face(row) for row in rows]))
+            faces += len(rows)
         if not labelled:
             raise DataError(f"none of the {len(files)} photos could be read", path=src)
         write_labels(tmp / "label.txt", labelled)
         report = {"images": len(labelled), "faces": faces, "unreadable": unreadable,
                   "negative_images": sum(not x.faces for x in labelled),
-                  "teacher": f"opencv {cv2.__version__} {HAAR_MODEL}", "teacher_config": vars(teacher.cfg)}
+                  "landmarked_faces": sum(f.has_landmarks for x in labelled for f in x.faces),
+                  "teacher": teacher.description, "teacher_config": vars(teacher.cfg)}
         write_manifest(tmp, kind="teacher_labels", extra=report)
     return report

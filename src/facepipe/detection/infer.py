@@ -23,8 +23,9 @@ PRE_NMS_TOP_K = 5000
 POST_NMS_TOP_K = 750
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression; indices of kept boxes, highest score first."""
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, by_min: bool = False) -> np.ndarray:
+    """Greedy non-maximum suppression; indices of kept boxes, highest score first. Overlap is IoU,
+    or intersection over the smaller box with `by_min` (MTCNN's last stage)."""
     x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
     areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
     order = scores.argsort()[::-1]
@@ -36,9 +37,19 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
         w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
         h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
         inter = w * h
-        overlap = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-12)
+        base = np.minimum(areas[i], areas[rest]) if by_min else areas[i] + areas[rest] - inter
+        overlap = inter / np.maximum(base, 1e-12)
         order = rest[overlap <= threshold]
     return np.asarray(keep, dtype=np.int64)
+
+
+def load_detector(spec: str | Path, device: str = "cpu"):
+    """A detector from a train-detection model.pt path, or the MTCNN teacher for the name `mtcnn`."""
+    from facepipe.detection import mtcnn
+
+    if str(spec) == mtcnn.NAME:
+        return mtcnn.MtcnnDetector.load(device=device)
+    return Detector.load(str(spec), device=device)
 
 
 def load_detector_checkpoint(path: str | Path) -> dict:

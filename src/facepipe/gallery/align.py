@@ -210,9 +210,9 @@ class FaceAligner:
     def __init__(self, detector=None, score_threshold: float = 0.5, nms_threshold: float = 0.4,
                  center_crop: float = 1.0, device: str = "cpu"):
         if isinstance(detector, (str, Path)):
-            from facepipe.detection.infer import Detector
+            from facepipe.detection.infer import load_detector
 
-            detector = Detector.load(str(detector), device=device)
+            detector = load_detector(detector, device=device)
         self.detector = detector
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
