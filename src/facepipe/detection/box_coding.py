@@ -1,7 +1,8 @@
-"""Box and landmark coding relative to priors (SSD/RetinaFace style, with variances), and IoU."""
+"""Box and landmark coding relative to priors (SSD/RetinaFace style, with variances), IoU and NMS."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -46,3 +47,23 @@ def decode_landmarks(offsets: torch.Tensor, priors: torch.Tensor, variances) -> 
     pts = offsets.reshape(*shape[:-1], 5, 2)
     out = priors[..., None, :2] + pts * variances[0] * priors[..., None, 2:]
     return out.reshape(shape)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, by_min: bool = False) -> np.ndarray:
+    """Greedy non-maximum suppression; indices of kept boxes, highest score first. Overlap is IoU,
+    or intersection over the smaller box with `by_min` (MTCNN's last stage)."""
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
+    order = scores.argsort()[::-1]
+    keep = []
+    while order.size > 0:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+        inter = w * h
+        base = np.minimum(areas[i], areas[rest]) if by_min else areas[i] + areas[rest] - inter
+        overlap = inter / np.maximum(base, 1e-12)
+        order = rest[overlap <= threshold]
+    return np.asarray(keep, dtype=np.int64)

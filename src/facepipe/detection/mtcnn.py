@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facepipe.detection.infer import nms
+from facepipe.detection.box_coding import nms
 from facepipe.errors import ConfigError
 
 # The name that stands for this detector wherever a detector model.pt path is accepted.
