@@ -29,7 +29,7 @@ import numpy as np
 
 from facepipe.config import bounded, choice
 from facepipe.data.synth_nuisance import background, degrade, light
-from facepipe.data.teacher import LFW_FACE_BOX, LFW_SIZE, HaarTeacher, MtcnnTeacher, TeacherConfig, teacher_face
+from facepipe.data.teacher import LFW_FACE_BOX, LFW_SIZE, MtcnnTeacher, TeacherConfig, make_teacher, teacher_face
 from facepipe.errors import ConfigError, DataError
 
 CORNER = 50
@@ -102,7 +102,7 @@ class PhotoLabels:
     def __init__(self, cfg: CompositeConfig):
         self.evaluation = cfg.evaluation
         teacher_cfg = TeacherConfig(teacher=cfg.teacher, min_neighbors=cfg.min_neighbors, lfw_geometry=True)
-        self.teacher = MtcnnTeacher(teacher_cfg) if cfg.teacher == "mtcnn" else HaarTeacher(teacher_cfg)
+        self.teacher = make_teacher(teacher_cfg)
         self.cache: dict[Path, PhotoFaces] = {}
 
     def _rows(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
