@@ -202,19 +202,24 @@ def operating_false_positives(predictions, truth, ignore, min_score: float) -> t
     return fp, on_faces
 
 
-def landmarks_inside(predictions, truth) -> tuple[int, int]:
-    """(main faces whose best-matching detection has all 5 landmarks inside the face box, main faces matched)."""
+def main_face_detection(dets, gts):
+    """The highest-scoring detection overlapping a photo's main (first) face at IoU >= 0.5, or None."""
     from facepipe.detection.evaluate import box_iou
 
+    if not len(dets) or not len(gts):
+        return None
+    overlaps = box_iou(np.asarray(gts, np.float64)[:1, :4], np.asarray(dets, np.float64)[:, :4])[0]
+    ok = np.flatnonzero(overlaps >= 0.5)
+    return dets[ok[int(np.asarray(dets)[ok, 4].argmax())]] if len(ok) else None
+
+
+def landmarks_inside(predictions, truth) -> tuple[int, int]:
+    """(main faces whose best-matching detection has all 5 landmarks inside the face box, main faces matched)."""
     inside = matched = 0
     for dets, gts in zip(predictions, truth):
-        if not len(dets) or not len(gts):
+        det = main_face_detection(dets, gts)
+        if det is None:
             continue
-        overlaps = box_iou(np.asarray(gts, np.float64)[:1, :4], np.asarray(dets, np.float64)[:, :4])[0]
-        ok = np.flatnonzero(overlaps >= 0.5)
-        if not len(ok):
-            continue
-        det = dets[ok[int(np.asarray(dets)[ok, 4].argmax())]]
         x1, y1, x2, y2 = gts[0][:4]
         pts = np.asarray(det[5:15]).reshape(5, 2)
         matched += 1
@@ -229,15 +234,13 @@ def landmark_error_against(predictions, truth, reference) -> np.ndarray:
 
     errors = []
     for dets, gts, refs in zip(predictions, truth, reference):
-        if not len(dets) or not len(gts) or not len(refs):
+        det = main_face_detection(dets, gts)
+        if det is None or not len(refs):
             continue
         gt = np.asarray(gts, np.float64)[:1, :4]
         ref = refs[int(box_iou(gt, np.asarray(refs, np.float64)[:, :4])[0].argmax())]
-        overlaps = box_iou(gt, np.asarray(dets, np.float64)[:, :4])[0]
-        ok = np.flatnonzero(overlaps >= 0.5)
-        if not len(ok) or box_iou(gt, np.asarray(ref[None, :4], np.float64))[0, 0] < 0.4:
+        if box_iou(gt, np.asarray(ref[None, :4], np.float64))[0, 0] < 0.4:
             continue
-        det = dets[ok[int(np.asarray(dets)[ok, 4].argmax())]]
         distance = np.linalg.norm(np.asarray(det[5:15]).reshape(5, 2) - ref[5:15].reshape(5, 2), axis=1)
         errors.append(distance.mean() / (gt[0, 2] - gt[0, 0]))
     return np.asarray(errors)

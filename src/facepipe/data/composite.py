@@ -29,7 +29,8 @@ import numpy as np
 
 from facepipe.config import bounded, choice
 from facepipe.data.synth_nuisance import background, degrade, light
-from facepipe.data.teacher import LFW_FACE_BOX, LFW_SIZE, MtcnnTeacher, TeacherConfig, make_teacher, teacher_face
+from facepipe.data.teacher import (LFW_FACE_BOX, LFW_SIZE, TeacherConfig, make_teacher, teacher_face,
+                                   unknown_landmarks)
 from facepipe.errors import ConfigError, DataError
 
 CORNER = 50
@@ -105,24 +106,11 @@ class PhotoLabels:
         self.teacher = make_teacher(teacher_cfg)
         self.cache: dict[Path, PhotoFaces] = {}
 
-    def _rows(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(main row (14,), geometry box (4,), other faces' rows (K, 14))."""
-        h, w = image.shape[:2]
-        geometry = np.asarray(LFW_FACE_BOX, np.float32) * np.array([w, h, w, h], np.float32) / LFW_SIZE
-        if isinstance(self.teacher, MtcnnTeacher):
-            rows = self.teacher.label(image)
-            return rows[0], geometry, rows[1:]
-        main, geometry, others = self.teacher.lfw_faces(image)
-        unknown = np.full((len(others) + 1, 10), -1.0, np.float32)
-        rows = np.concatenate([np.concatenate([main[None], others]), unknown], 1)
-        return rows[0], geometry, rows[1:]
-
     def __call__(self, path: Path, image: np.ndarray) -> PhotoFaces:
         if path not in self.cache:
-            main, geometry, others = self._rows(image)
+            main, geometry, others = self.teacher.lfw_rows(image)
             if self.evaluation:  # the benchmarked teacher must not draw the boxes it is scored on
-                rows = np.concatenate([geometry, np.full(10, -1.0, np.float32)])[None]
-                self.cache[path] = PhotoFaces(rows, others[:, :4], geometry)
+                self.cache[path] = PhotoFaces(unknown_landmarks(geometry[None]), others[:, :4], geometry)
             else:
                 self.cache[path] = PhotoFaces(np.concatenate([main[None], others]), np.zeros((0, 4), np.float32),
                                               main[:4])

@@ -81,9 +81,7 @@ class HaarTeacher:
     def lfw_faces(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """An LFW photo's (main box from the cascade or geometry (4,), main box from geometry alone (4,),
         other confident boxes (K, 4)) in the photo's pixels, scaled if it is not 250x250."""
-        h, w = image.shape[:2]
-        s = np.array([w, h, w, h], np.float32) / LFW_SIZE
-        geometry = np.asarray(LFW_FACE_BOX, np.float32) * s
+        geometry = lfw_geometry_box(image)
         found = self.detections(image)
         ious = np.array([box_iou(geometry, d) for d in found])
         main = geometry
@@ -93,15 +91,18 @@ class HaarTeacher:
                   if iou < 0.2 and box_iou(main, d) < 0.2 and d[4] >= self.cfg.min_neighbors]
         return main, geometry, np.asarray(others, np.float32).reshape(-1, 4)
 
+    def lfw_rows(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """An LFW photo's (main face row (14,), geometry box (4,), other faces' rows (K, 14))."""
+        main, geometry, others = self.lfw_faces(image)
+        rows = unknown_landmarks(np.concatenate([main[None], others]))
+        return rows[0], geometry, rows[1:]
+
     def label(self, image: np.ndarray) -> np.ndarray:
         """(K, 14) labels for one photo: xyxy + 5 landmarks (-1: unknown), with the LFW geometry
         when `lfw_geometry` is set."""
         if not self.cfg.lfw_geometry:
-            boxes = self.faces(image)
-        else:
-            main, _geometry, others = self.lfw_faces(image)
-            boxes = np.concatenate([main[None], others], 0)
-        return np.concatenate([boxes, np.full((len(boxes), 10), -1.0, np.float32)], 1)
+            return unknown_landmarks(self.faces(image))
+        return lfw_label(self, image)
 
     @property
     def description(self) -> str:
@@ -119,20 +120,26 @@ class MtcnnTeacher:
         self.cfg = cfg or TeacherConfig(teacher="mtcnn")
         self.detector = MtcnnDetector(min_face=self.cfg.min_size)
 
-    def label(self, image: np.ndarray) -> np.ndarray:
+    def faces(self, image: np.ndarray) -> np.ndarray:
+        """(K, 14) rows: xyxy + 5 landmarks of the faces MTCNN scores at least `min_score`."""
         rows = self.detector.detect(image)
-        rows = np.concatenate([rows[:, :4], rows[:, 5:]], 1)[rows[:, 4] >= self.cfg.min_score]
-        if not self.cfg.lfw_geometry:
-            return rows
-        h, w = image.shape[:2]
-        geometry = np.asarray(LFW_FACE_BOX, np.float32) * np.array([w, h, w, h], np.float32) / LFW_SIZE
+        return np.concatenate([rows[:, :4], rows[:, 5:]], 1)[rows[:, 4] >= self.cfg.min_score]
+
+    def lfw_rows(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """An LFW photo's (main face row (14,), geometry box (4,), other faces' rows (K, 14))."""
+        rows = self.faces(image)
+        geometry = lfw_geometry_box(image)
         ious = np.array([box_iou(geometry, r) for r in rows])
         if len(rows) and ious.max() >= MTCNN_MAIN_FACE_IOU:
             main = rows[int(ious.argmax())]
         else:
-            main = np.concatenate([geometry, np.full(10, -1.0, np.float32)])
+            main = unknown_landmarks(geometry[None])[0]
         others = [r for r, iou in zip(rows, ious) if iou < 0.2 and box_iou(main, r) < 0.2]
-        return np.asarray([main] + others, np.float32).reshape(-1, 14)
+        return main, geometry, np.asarray(others, np.float32).reshape(-1, 14)
+
+    def label(self, image: np.ndarray) -> np.ndarray:
+        """(K, 14) labels for one photo (see `HaarTeacher.label`)."""
+        return lfw_label(self, image) if self.cfg.lfw_geometry else self.faces(image)
 
     @property
     def description(self) -> str:
@@ -141,6 +148,23 @@ class MtcnnTeacher:
 
 # MTCNN's boxes run from brow to chin, taller than the cascade's squares the geometry comes from.
 MTCNN_MAIN_FACE_IOU = 0.4
+
+
+def lfw_geometry_box(image: np.ndarray) -> np.ndarray:
+    """`LFW_FACE_BOX` (4,) in this photo's pixels, scaled if it is not 250x250."""
+    h, w = image.shape[:2]
+    return np.asarray(LFW_FACE_BOX, np.float32) * np.array([w, h, w, h], np.float32) / LFW_SIZE
+
+
+def unknown_landmarks(boxes: np.ndarray) -> np.ndarray:
+    """(K, 4) xyxy boxes -> (K, 14) teacher rows whose landmarks are unknown (-1)."""
+    return np.concatenate([boxes, np.full((len(boxes), 10), -1.0, np.float32)], 1).astype(np.float32)
+
+
+def lfw_label(teacher, image: np.ndarray) -> np.ndarray:
+    """A teacher's labels of an LFW photo: its main face first, then the others."""
+    main, _geometry, others = teacher.lfw_rows(image)
+    return np.concatenate([main[None], others], 0)
 
 
 def make_teacher(cfg: TeacherConfig):
