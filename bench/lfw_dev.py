@@ -16,7 +16,9 @@
 6. with --detector DET (repeatable; a model.pt, or `mtcnn` for the pretrained teacher): the same
    config trained again for the same budget on A..H photos aligned on DET's landmarks (`pack
    --detector`, center crop where it finds no face or implausible landmarks), verified on aligned
-   pairs-dev faces: the effect of alignment alone, side by side;
+   pairs-dev faces: the effect of alignment alone, side by side; with --align DET the main row
+   (and the study's rows) train and score on DET-aligned faces instead, and --detector rows are
+   printed beside it;
 7. the recipe study: each --variant NAME=key=value[,key=value] (and with --anchor, the
    arcface_torch defaults: IResNet-50 at 112 px, ArcFace s=64 m=0.5, SGD 0.1, poly decay, flip
    only) trained from scratch for the same --minutes on the same identities, its pairs-dev
@@ -150,6 +152,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lfw", default=str(LFW_DEV), help="lfw-dev folder (images/, pairs-dev.txt)")
     ap.add_argument("--min-images", type=int, default=2, help="train on identities with at least this many images")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training config override")
+    ap.add_argument("--align", metavar="DET",
+                    help="detector model.pt, or mtcnn: the main row (and the study's rows) train and score on "
+                         "faces aligned on its landmarks instead of center crops")
     ap.add_argument("--detector", action="append", default=[],
                     help="detector model.pt, or mtcnn (repeatable): also train and score on faces aligned on "
                          "its landmarks (same config and budget), printed beside the center crop")
@@ -175,8 +180,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     values = {**DEFAULTS, **parse_sets(args.set)}
     cfg = from_dict(RecognitionTrainConfig, values, source="bench/lfw_dev.py")
-    work = out / "work"
-    rec = packed_set(lfw, work, cfg.center_crop, cfg.input_size, args.min_images)
+    rec, _ = training_set(lfw, out, cfg, args.min_images, args.align)
 
     # the budget is wall-clock: the LR schedule follows the elapsed share of it (time_budget_min)
     cfg = from_dict(RecognitionTrainConfig, {**values, "epochs": 1000, "time_budget_min": args.minutes},
@@ -189,10 +193,10 @@ def main(argv=None) -> int:
     for name in ("model.pt", "model.onnx"):
         if (train_dir / name).exists():
             shutil.copy2(train_dir / name, out / name)
-    ours = evaluate_verification(out / "model.pt", pairs, lfw / "images", out / "eval")
+    ours = evaluate_verification(out / "model.pt", pairs, lfw / "images", out / "eval", detector_path=args.align)
     lbp = lbp_baseline(pairs, lfw / "images", cfg.center_crop)
     report = {
-        "config": {k: v for k, v in values.items()}, "minutes": args.minutes, "steps": train_metrics["steps"],
+        "config": {k: v for k, v in values.items()}, "minutes": args.minutes, "faces": faces_label(args.align), "steps": train_metrics["steps"],
         "epochs": round(train_metrics["steps"] * cfg.batch_size / train_metrics["num_images"], 2), "train_seconds": round(train_s, 1),
         "train_final_loss": train_metrics.get("train.loss"), "train_accuracy": train_metrics.get("train.accuracy"),
         "recognizer": {k.split(".", 1)[1]: v for k, v in ours.items()},
@@ -200,7 +204,7 @@ def main(argv=None) -> int:
         "accuracy_gain_points": round(100 * (ours["verification.accuracy"] - lbp["accuracy"]), 2),
     }
     print(f"{'method':<28}{'accuracy':>14}{'AUC':>8}{'TAR@1e-2':>10}")
-    print(f"{'recognizer (' + cfg.backbone + ')':<28}{ours['verification.accuracy']:>8.4f} +-{ours['verification.accuracy_std']:.3f}"
+    print(f"{'recognizer (' + faces_label(args.align) + ')':<28}{ours['verification.accuracy']:>8.4f} +-{ours['verification.accuracy_std']:.3f}"
           f"{ours['verification.auc']:>8.4f}{ours['verification.tar_at_far_1e-2']:>10.4f}")
     print(f"{'LBP u2 8,1 7x7 chi-square':<28}{lbp['accuracy']:>8.4f} +-{lbp['accuracy_std']:.3f}"
           f"{lbp['auc']:>8.4f}{lbp['tar_at_far_1e-2']:>10.4f}")
@@ -209,10 +213,12 @@ def main(argv=None) -> int:
     for detector in args.detector:
         label = aligned_label(detector)
         aligned = train_aligned(lfw, out, values, args.minutes, args.min_images, detector)
+        if args.align:
+            aligned["vs"] = faces_label(args.align)
         report.setdefault("aligned", {})[label] = aligned
         print(f"{'aligned on ' + label:<28}{aligned['accuracy']:>8.4f} +-{aligned['accuracy_std']:.3f}"
               f"{aligned['auc']:>8.4f}{aligned['tar_at_far_1e-2']:>10.4f}")
-        print(f"alignment alone on {label} (same config and budget): accuracy "
+        print(f"alignment alone on {label} (same config and budget, vs {faces_label(args.align)}): accuracy "
               f"{aligned['accuracy'] - ours['verification.accuracy']:+.4f}, "
               f"AUC {aligned['auc'] - ours['verification.auc']:+.4f}; training faces aligned "
               f"{aligned['pack_aligned']}/{aligned['pack_images']}, pairs-dev faces aligned "
@@ -221,7 +227,7 @@ def main(argv=None) -> int:
         sys.path.insert(0, str(ROOT))
         from bench.gallery import bench_open_set
 
-        bench_open_set(lfw, out / "model.pt", None, report)
+        bench_open_set(lfw, out / "model.pt", args.align, report)
         for detector in args.detector:
             label = aligned_label(detector)
             bench_open_set(lfw, out / f"aligned-{label}" / "model.pt", detector, report["aligned"][label])
@@ -229,30 +235,58 @@ def main(argv=None) -> int:
     if args.anchor:
         variants.insert(0, ("arcface_torch", dict(ANCHOR)))
     if variants:
-        report["study"] = study(lfw, out, values, args.minutes, args.min_images, variants, report)
+        report["study"] = study(lfw, out, values, args.minutes, args.min_images, variants, report, args.align)
     (out / "bench_lfw_dev.json").write_text(json.dumps(report, indent=2, default=str))
     return 0
 
 
-def packed_set(lfw: Path, work: Path, crop: float, size: int, min_images: int) -> Path:
-    """Centre crops of A..H at `size`, packed once per (size, crop, min_images) under `work`."""
-    from facepipe.data.pack import PackConfig, pack
+def training_set(lfw: Path, out: Path, cfg, min_images: int, align: str | None = None) -> tuple[Path, dict]:
+    """A..H packed at cfg.input_size, once per (faces, size, crop, min_images) under out/work:
+    center crops, or (`align`) photos aligned on a detector's landmarks. Returns the folder and
+    the pack's report (pack_report.json: images_packed, alignment.aligned, ...)."""
+    from facepipe.data.pack import REPORT, PackConfig, pack
 
-    rec = work / f"rec-{size}-{crop:g}-{min_images}"
-    if not (rec / "manifest.json").exists():
-        started = time.perf_counter()
-        tree = work / f"crops-{size}-{crop:g}-{min_images}"
-        n = crop_tree(lfw, tree, "ABCDEFGH", crop, size, min_images)
-        pack(PackConfig(size=size, workers=1, min_images=min_images), tree, rec, progress=False)
+    size, crop = cfg.input_size, cfg.center_crop
+    rec = out / "work" / f"rec-{faces_label(align).replace(' ', '-')}-{size}-{crop:g}-{min_images}"
+    if (rec / "manifest.json").exists():
+        return rec, json.loads((rec / REPORT).read_text())
+    started = time.perf_counter()
+    if align:
+        photos = out / "work" / f"photos-{min_images}"  # links to the shared photos: nothing copied
+        if not photos.exists():
+            link_tree(lfw, photos, "ABCDEFGH", min_images)
+        packed = pack(PackConfig(size=size, workers=2, min_images=min_images, detector=align, center_crop=crop),
+                      photos, rec, progress=False)
+        how = f"aligned on {aligned_label(align)} ({packed.get('alignment.aligned')} of {packed['images_packed']})"
+    else:
+        tree = out / "work" / f"crops-{size}-{crop:g}-{min_images}"
+        crop_tree(lfw, tree, "ABCDEFGH", crop, size, min_images)
+        packed = pack(PackConfig(size=size, workers=1, min_images=min_images), tree, rec, progress=False)
         shutil.rmtree(tree)
-        print(f"packed {n} A..H images at {size} px (identities with >= {min_images}) in "
-              f"{time.perf_counter() - started:.1f}s")
-    return rec
+        how = "center crops"
+    print(f"packed {packed['images_packed']} A..H images at {size} px (identities with >= {min_images}), {how}, "
+          f"in {time.perf_counter() - started:.1f}s", flush=True)
+    return rec, packed
+
+
+def link_tree(lfw: Path, photos: Path, initials: str, min_images: int) -> None:
+    """Symlinks to the photos of identities starting with `initials` that have >= min_images photos."""
+    for person in sorted((lfw / "images").iterdir()):
+        files = sorted(person.glob("*.jpg"))
+        if person.name[0] in initials and len(files) >= min_images:
+            (photos / person.name).mkdir(parents=True)
+            for f in files:
+                (photos / person.name / f.name).symlink_to(f)
+
+
+def faces_label(align: str | None) -> str:
+    return f"aligned {aligned_label(align)}" if align else "center crop"
 
 
 def study(lfw: Path, out: Path, values: dict, minutes: float, min_images: int, variants: list,
-          report: dict) -> list[dict]:
-    """Train each variant for the same budget on the same identities; pairs-dev beside the current recipe."""
+          report: dict, align: str | None = None) -> list[dict]:
+    """Train each variant for the same budget on the same identities and faces (center crops, or
+    aligned on `align`); pairs-dev beside the current recipe."""
     from facepipe.config import from_dict
     from facepipe.evaluation.verification_step import evaluate_verification
     from facepipe.recognition.config import RecognitionTrainConfig
@@ -266,19 +300,20 @@ def study(lfw: Path, out: Path, values: dict, minutes: float, min_images: int, v
         least = int(overrides.pop("min_images", min_images))
         merged = {**values, **overrides, "epochs": 1000, "time_budget_min": minutes}
         cfg = from_dict(RecognitionTrainConfig, merged, source=f"bench/lfw_dev.py --variant {name}")
-        rec = packed_set(lfw, out / "work", cfg.center_crop, cfg.input_size, least)
+        rec, _ = training_set(lfw, out, cfg, least, align)
         run = out / "study" / name
         shutil.rmtree(run, ignore_errors=True)
         print(f"study: training {name} ({overrides or 'current recipe'}"
               f"{f', min_images {least}' if least != min_images else ''}) for {minutes:g} min", flush=True)
         got = train_recognition(cfg, rec, run / "train")
-        found = evaluate_verification(run / "train" / "model.pt", lfw / "pairs-dev.txt", lfw / "images", run / "eval")
+        found = evaluate_verification(run / "train" / "model.pt", lfw / "pairs-dev.txt", lfw / "images", run / "eval",
+                                      detector_path=align)
         shutil.rmtree(run / "train" / "checkpoints", ignore_errors=True)
         rows.append({"name": name, "overrides": {**overrides, **({"min_images": least} if least != min_images else {})},
                      "epochs": round(got["steps"] * cfg.batch_size / got["num_images"], 2), "steps": got["steps"],
                      "train_loss": got.get("train.loss"), "accuracy": found["verification.accuracy"],
                      "auc": found["verification.auc"]})
-    print(f"recipe study, {minutes:g} min each on the same A..H identities (pairs-dev, I..K):")
+    print(f"recipe study, {minutes:g} min each on the same A..H identities, {faces_label(align)} (pairs-dev, I..K):")
     print(f"{'setting':<16}{'epochs':>8}{'loss':>9}{'accuracy':>10}{'AUC':>8}{'vs current':>12}  overrides")
     for r in rows:
         loss = f"{r['train_loss']:.3f}" if isinstance(r["train_loss"], (int, float)) else "-"
@@ -296,26 +331,16 @@ def train_aligned(lfw: Path, out: Path, values: dict, minutes: float, min_images
     """Pack A..H photos aligned on `detector`'s landmarks, train the same config for the same
     budget, verify pairs-dev on aligned faces; the metrics and how many faces were aligned."""
     from facepipe.config import from_dict
-    from facepipe.data.pack import PackConfig, pack
     from facepipe.evaluation.verification_step import evaluate_verification
     from facepipe.recognition.config import RecognitionTrainConfig
     from facepipe.recognition.train import train_recognition
 
     cfg = from_dict(RecognitionTrainConfig, {**values, "epochs": 1000, "time_budget_min": minutes},
                     source="bench/lfw_dev.py")
+    rec, packed = training_set(lfw, out, cfg, min_images, detector)
     work = out / f"aligned-{aligned_label(detector)}"
-    photos = work / "photos"  # links to the shared photos: nothing copied
-    if not photos.exists():
-        for person in sorted((lfw / "images").iterdir()):
-            files = sorted(person.glob("*.jpg"))
-            if person.name[0] in "ABCDEFGH" and len(files) >= min_images:
-                (photos / person.name).mkdir(parents=True)
-                for f in files:
-                    (photos / person.name / f.name).symlink_to(f)
-    packed = pack(PackConfig(size=cfg.input_size, workers=2, min_images=min_images, detector=detector,
-                             center_crop=cfg.center_crop), photos, work / "rec", progress=False)
     shutil.rmtree(work / "train", ignore_errors=True)
-    train_recognition(cfg, work / "rec", work / "train")
+    train_recognition(cfg, rec, work / "train")
     shutil.copy2(work / "train" / "model.pt", work / "model.pt")
     found = evaluate_verification(work / "model.pt", lfw / "pairs-dev.txt", lfw / "images", work / "eval",
                                   detector_path=detector)

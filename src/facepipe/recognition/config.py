@@ -80,7 +80,9 @@ class RecognitionTrainConfig:
     seed: int = 0
     # data
     prefix: str = "train"
-    augment: str = choice("flip", ["none", "flip", "flip_jitter"])
+    augment: str = choice("flip", ["none", "flip", "flip_jitter", "strong"],
+                          help="flip_jitter: flip, small shift/scale, brightness/contrast; strong: also "
+                               "rotation, colour, grayscale, low resolution, random erasing")
     center_crop: float = bounded(1.0, low=0.1, high=1.0,
                                  help="share of an unaligned image's shorter side kept around its centre "
                                       "when evaluating without a detector (LFW 250x250: about 0.5)")

@@ -65,16 +65,50 @@ class FaceDataset(Dataset):
         if rng.random() < 0.5:
             image = image[:, ::-1]
         if self.augment == "flip_jitter":
-            s = self.input_size
             # small shift/scale (faces are aligned already) and brightness/contrast changes
-            scale = rng.uniform(0.93, 1.07)
-            tx, ty = rng.uniform(-0.04, 0.04, size=2) * s
-            m = cv2.getRotationMatrix2D((s / 2, s / 2), 0.0, scale)
-            m[:, 2] += (tx, ty)
-            image = cv2.warpAffine(np.ascontiguousarray(image), m, (s, s), borderMode=cv2.BORDER_REFLECT)
-            alpha, beta = rng.uniform(0.8, 1.2), rng.uniform(-20, 20)
-            image = cv2.convertScaleAbs(image, alpha=alpha, beta=beta)
+            image = _warp(image, rng, scale=(0.93, 1.07), shift=0.04, degrees=0.0)
+            image = _brightness_contrast(image, rng)
+        elif self.augment == "strong":
+            image = strong_augment(image, rng)
         return image
+
+
+def _warp(image, rng, scale, shift, degrees):
+    s = image.shape[0]
+    m = cv2.getRotationMatrix2D((s / 2, s / 2), rng.uniform(-degrees, degrees), rng.uniform(*scale))
+    m[:, 2] += rng.uniform(-shift, shift, size=2) * s
+    return cv2.warpAffine(np.ascontiguousarray(image), m, (s, s), borderMode=cv2.BORDER_REFLECT)
+
+
+def _brightness_contrast(image, rng):
+    return cv2.convertScaleAbs(image, alpha=rng.uniform(0.8, 1.2), beta=rng.uniform(-20, 20))
+
+
+def strong_augment(image, rng):
+    """For small training sets that a network memorises: a wider warp (rotation +-10 degrees,
+    scale 0.9..1.1, shift +-6%), brightness/contrast, per-channel colour gain, grayscale (20%), a
+    low-resolution round trip (20%: down to 40..80% and back) and one erased rectangle (50%: 4..20%
+    of the face, filled with noise). `image` is uint8 BGR (S, S, 3), already flipped or not."""
+    s = image.shape[0]
+    image = _warp(image, rng, scale=(0.9, 1.1), shift=0.06, degrees=10.0)
+    image = _brightness_contrast(image, rng)
+    gains = rng.uniform(0.9, 1.1, size=3)
+    image = np.clip(image.astype(np.float32) * gains, 0, 255).astype(np.uint8)
+    if rng.random() < 0.2:
+        image = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    if rng.random() < 0.2:
+        small = max(8, int(round(s * rng.uniform(0.4, 0.8))))
+        image = cv2.resize(cv2.resize(image, (small, small), interpolation=cv2.INTER_AREA), (s, s),
+                           interpolation=cv2.INTER_LINEAR)
+    if rng.random() < 0.5:
+        area = rng.uniform(0.04, 0.2) * s * s
+        aspect = np.exp(rng.uniform(np.log(0.5), np.log(2.0)))
+        h = min(s, max(1, int(round(np.sqrt(area * aspect)))))
+        w = min(s, max(1, int(round(np.sqrt(area / aspect)))))
+        y, x = int(rng.integers(0, s - h + 1)), int(rng.integers(0, s - w + 1))
+        image = image.copy()
+        image[y:y + h, x:x + w] = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    return image
 
 
 class _PositionedBatches(Sampler):
