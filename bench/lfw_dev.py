@@ -77,17 +77,20 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, parse_sets(rest.split(","))
 
 
+def people(lfw: Path, initials: str, min_images: int):
+    """(person folder, sorted photos) of identities starting with `initials` with >= min_images photos."""
+    for person in sorted((lfw / "images").iterdir()):
+        files = sorted(person.glob("*.jpg"))
+        if person.name[0] in initials and len(files) >= min_images:
+            yield person, files
+
+
 def crop_tree(lfw: Path, out: Path, initials: str, crop: float, size: int, min_images: int) -> int:
     """Write the centre crops of identities starting with `initials` as an identity tree; returns images."""
     from facepipe.data.crop import center_crop_resize
 
     n = 0
-    for person in sorted((lfw / "images").iterdir()):
-        if person.name[0] not in initials:
-            continue
-        files = sorted(person.glob("*.jpg"))
-        if len(files) < min_images:
-            continue
+    for person, files in people(lfw, initials, min_images):
         (out / person.name).mkdir(parents=True, exist_ok=True)
         for f in files:
             face = center_crop_resize(cv2.imread(str(f)), size, crop)
@@ -245,9 +248,12 @@ def training_set(lfw: Path, out: Path, cfg, min_images: int, align: str | None =
     center crops, or (`align`) photos aligned on a detector's landmarks. Returns the folder and
     the pack's report (pack_report.json: images_packed, alignment.aligned, ...)."""
     from facepipe.data.pack import REPORT, PackConfig, pack
+    from facepipe.manifest import sha256_file
 
     size, crop = cfg.input_size, cfg.center_crop
-    rec = out / "work" / f"rec-{faces_label(align).replace(' ', '-')}-{size}-{crop:g}-{min_images}"
+    # a detector model.pt is keyed by its content: a retrained detector in the same folder repacks
+    faces = "center" if not align else "mtcnn" if align == "mtcnn" else f"aligned-{sha256_file(align)[:12]}"
+    rec = out / "work" / f"rec-{faces}-{size}-{crop:g}-{min_images}"
     if (rec / "manifest.json").exists():
         return rec, json.loads((rec / REPORT).read_text())
     started = time.perf_counter()
@@ -271,12 +277,10 @@ def training_set(lfw: Path, out: Path, cfg, min_images: int, align: str | None =
 
 def link_tree(lfw: Path, photos: Path, initials: str, min_images: int) -> None:
     """Symlinks to the photos of identities starting with `initials` that have >= min_images photos."""
-    for person in sorted((lfw / "images").iterdir()):
-        files = sorted(person.glob("*.jpg"))
-        if person.name[0] in initials and len(files) >= min_images:
-            (photos / person.name).mkdir(parents=True)
-            for f in files:
-                (photos / person.name / f.name).symlink_to(f)
+    for person, files in people(lfw, initials, min_images):
+        (photos / person.name).mkdir(parents=True)
+        for f in files:
+            (photos / person.name / f.name).symlink_to(f)
 
 
 def faces_label(align: str | None) -> str:

@@ -74,9 +74,12 @@ class FaceDataset(Dataset):
 
 
 def _warp(image, rng, scale, shift, degrees):
+    # draws: scale, shift, then the angle only where one is asked for (flip_jitter's stream is unchanged)
     s = image.shape[0]
-    m = cv2.getRotationMatrix2D((s / 2, s / 2), rng.uniform(-degrees, degrees), rng.uniform(*scale))
-    m[:, 2] += rng.uniform(-shift, shift, size=2) * s
+    zoom, (tx, ty) = rng.uniform(*scale), rng.uniform(-shift, shift, size=2) * s
+    angle = rng.uniform(-degrees, degrees) if degrees else 0.0
+    m = cv2.getRotationMatrix2D((s / 2, s / 2), angle, zoom)
+    m[:, 2] += (tx, ty)
     return cv2.warpAffine(np.ascontiguousarray(image), m, (s, s), borderMode=cv2.BORDER_REFLECT)
 
 
