@@ -22,11 +22,15 @@
 7. the recipe study: each --variant NAME=key=value[,key=value] (and with --anchor, the
    arcface_torch defaults: IResNet-50 at 112 px, ArcFace s=64 m=0.5, SGD 0.1, poly decay, flip
    only) trained from scratch for the same --minutes on the same identities, its pairs-dev
-   accuracy printed beside the current recipe's. `min_images` may be a variant key (it changes
-   the packed set: identities with one photo become extra classes).
+   accuracy printed beside the current recipe's. Two variant keys change the packed set instead
+   of the config: `min_images` (1: identities with one photo become extra classes) and
+   `identities` (a share of the A..H identities, spread evenly over the alphabet: the data curve,
+   how accuracy grows with the number of training identities).
 
     python bench/lfw_dev.py --minutes 6 --no-identification --anchor \
         --variant min1=min_images=1 --variant wd5e-3=weight_decay=5e-3 --variant w0.5=width=0.5
+    python bench/lfw_dev.py --minutes 5 --no-identification --align mtcnn \
+        --variant ids25=identities=0.25 --variant ids50=identities=0.5
 """
 
 from __future__ import annotations
@@ -77,20 +81,25 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, parse_sets(rest.split(","))
 
 
-def people(lfw: Path, initials: str, min_images: int):
-    """(person folder, sorted photos) of identities starting with `initials` with >= min_images photos."""
+def people(lfw: Path, initials: str, min_images: int, share: float = 1.0):
+    """(person folder, sorted photos) of identities starting with `initials` with >= min_images photos;
+    with share < 1 only that share of them, spread evenly over the sorted names."""
+    kept = 0
     for person in sorted((lfw / "images").iterdir()):
         files = sorted(person.glob("*.jpg"))
         if person.name[0] in initials and len(files) >= min_images:
-            yield person, files
+            if int((kept + 1) * share) > int(kept * share):
+                yield person, files
+            kept += 1
 
 
-def crop_tree(lfw: Path, out: Path, initials: str, crop: float, size: int, min_images: int) -> int:
+def crop_tree(lfw: Path, out: Path, initials: str, crop: float, size: int, min_images: int,
+              share: float = 1.0) -> int:
     """Write the centre crops of identities starting with `initials` as an identity tree; returns images."""
     from facepipe.data.crop import center_crop_resize
 
     n = 0
-    for person, files in people(lfw, initials, min_images):
+    for person, files in people(lfw, initials, min_images, share):
         (out / person.name).mkdir(parents=True, exist_ok=True)
         for f in files:
             face = center_crop_resize(cv2.imread(str(f)), size, crop)
@@ -199,7 +208,7 @@ def main(argv=None) -> int:
     ours = evaluate_verification(out / "model.pt", pairs, lfw / "images", out / "eval", detector_path=args.align)
     lbp = lbp_baseline(pairs, lfw / "images", cfg.center_crop)
     report = {
-        "config": {k: v for k, v in values.items()}, "minutes": args.minutes, "faces": faces_label(args.align), "steps": train_metrics["steps"],
+        "config": {k: v for k, v in values.items()}, "minutes": args.minutes, "faces": faces_label(args.align), "classes": train_metrics["num_classes"], "steps": train_metrics["steps"],
         "epochs": round(train_metrics["steps"] * cfg.batch_size / train_metrics["num_images"], 2), "train_seconds": round(train_s, 1),
         "train_final_loss": train_metrics.get("train.loss"), "train_accuracy": train_metrics.get("train.accuracy"),
         "recognizer": {k.split(".", 1)[1]: v for k, v in ours.items()},
@@ -243,41 +252,45 @@ def main(argv=None) -> int:
     return 0
 
 
-def training_set(lfw: Path, out: Path, cfg, min_images: int, align: str | None = None) -> tuple[Path, dict]:
-    """A..H packed at cfg.input_size, once per (faces, size, crop, min_images) under out/work:
-    center crops, or (`align`) photos aligned on a detector's landmarks. Returns the folder and
-    the pack's report (pack_report.json: images_packed, alignment.aligned, ...)."""
+def training_set(lfw: Path, out: Path, cfg, min_images: int, align: str | None = None,
+                 share: float = 1.0) -> tuple[Path, dict]:
+    """A..H (or `share` of its identities) packed at cfg.input_size, once per (faces, size, crop,
+    min_images, share) under out/work: center crops, or (`align`) photos aligned on a detector's
+    landmarks. Returns the folder and the pack's report (pack_report.json: images_packed,
+    alignment.aligned, ...)."""
     from facepipe.data.pack import REPORT, PackConfig, pack
     from facepipe.manifest import sha256_file
 
     size, crop = cfg.input_size, cfg.center_crop
     # a detector model.pt is keyed by its content: a retrained detector in the same folder repacks
     faces = "center" if not align else "mtcnn" if align == "mtcnn" else f"aligned-{sha256_file(align)[:12]}"
-    rec = out / "work" / f"rec-{faces}-{size}-{crop:g}-{min_images}"
+    subset = f"{min_images}" + (f"-share{share:g}" if share < 1 else "")
+    rec = out / "work" / f"rec-{faces}-{size}-{crop:g}-{subset}"
     if (rec / "manifest.json").exists():
         return rec, json.loads((rec / REPORT).read_text())
     started = time.perf_counter()
     if align:
-        photos = out / "work" / f"photos-{min_images}"  # links to the shared photos: nothing copied
+        photos = out / "work" / f"photos-{subset}"  # links to the shared photos: nothing copied
         if not photos.exists():
-            link_tree(lfw, photos, "ABCDEFGH", min_images)
+            link_tree(lfw, photos, "ABCDEFGH", min_images, share)
         packed = pack(PackConfig(size=size, workers=2, min_images=min_images, detector=align, center_crop=crop),
                       photos, rec, progress=False)
         how = f"aligned on {aligned_label(align)} ({packed.get('alignment.aligned')} of {packed['images_packed']})"
     else:
-        tree = out / "work" / f"crops-{size}-{crop:g}-{min_images}"
-        crop_tree(lfw, tree, "ABCDEFGH", crop, size, min_images)
+        tree = out / "work" / f"crops-{size}-{crop:g}-{subset}"
+        crop_tree(lfw, tree, "ABCDEFGH", crop, size, min_images, share)
         packed = pack(PackConfig(size=size, workers=1, min_images=min_images), tree, rec, progress=False)
         shutil.rmtree(tree)
         how = "center crops"
-    print(f"packed {packed['images_packed']} A..H images at {size} px (identities with >= {min_images}), {how}, "
+    print(f"packed {packed['images_packed']} A..H images of {packed['identities_packed']} identities at {size} px "
+          f"(>= {min_images} photos{f', share {share:g}' if share < 1 else ''}), {how}, "
           f"in {time.perf_counter() - started:.1f}s", flush=True)
     return rec, packed
 
 
-def link_tree(lfw: Path, photos: Path, initials: str, min_images: int) -> None:
+def link_tree(lfw: Path, photos: Path, initials: str, min_images: int, share: float = 1.0) -> None:
     """Symlinks to the photos of identities starting with `initials` that have >= min_images photos."""
-    for person, files in people(lfw, initials, min_images):
+    for person, files in people(lfw, initials, min_images, share):
         (photos / person.name).mkdir(parents=True)
         for f in files:
             (photos / person.name / f.name).symlink_to(f)
@@ -297,31 +310,36 @@ def study(lfw: Path, out: Path, values: dict, minutes: float, min_images: int, v
     from facepipe.recognition.train import train_recognition
 
     base = report["recognizer"]
-    rows = [{"name": "current", "overrides": {}, "epochs": report["epochs"], "steps": report["steps"],
+    rows = [{"name": "current", "overrides": {}, "classes": report["classes"], "epochs": report["epochs"], "steps": report["steps"],
              "train_loss": report["train_final_loss"], "accuracy": base["accuracy"], "auc": base["auc"]}]
     for name, overrides in variants:
         overrides = dict(overrides)
         least = int(overrides.pop("min_images", min_images))
+        share = float(overrides.pop("identities", 1.0))
+        if not 0 < share <= 1:
+            raise SystemExit(f"--variant {name}: identities={share:g} is a share of the A..H identities, in (0, 1]")
         merged = {**values, **overrides, "epochs": 1000, "time_budget_min": minutes}
         cfg = from_dict(RecognitionTrainConfig, merged, source=f"bench/lfw_dev.py --variant {name}")
-        rec, _ = training_set(lfw, out, cfg, least, align)
+        rec, _ = training_set(lfw, out, cfg, least, align, share)
         run = out / "study" / name
         shutil.rmtree(run, ignore_errors=True)
         print(f"study: training {name} ({overrides or 'current recipe'}"
-              f"{f', min_images {least}' if least != min_images else ''}) for {minutes:g} min", flush=True)
+              f"{f', min_images {least}' if least != min_images else ''}"
+              f"{f', {share:g} of the identities' if share < 1 else ''}) for {minutes:g} min", flush=True)
         got = train_recognition(cfg, rec, run / "train")
         found = evaluate_verification(run / "train" / "model.pt", lfw / "pairs-dev.txt", lfw / "images", run / "eval",
                                       detector_path=align)
         shutil.rmtree(run / "train" / "checkpoints", ignore_errors=True)
-        rows.append({"name": name, "overrides": {**overrides, **({"min_images": least} if least != min_images else {})},
+        data = {**({"min_images": least} if least != min_images else {}), **({"identities": share} if share < 1 else {})}
+        rows.append({"name": name, "overrides": {**overrides, **data}, "classes": got["num_classes"],
                      "epochs": round(got["steps"] * cfg.batch_size / got["num_images"], 2), "steps": got["steps"],
                      "train_loss": got.get("train.loss"), "accuracy": found["verification.accuracy"],
                      "auc": found["verification.auc"]})
     print(f"recipe study, {minutes:g} min each on the same A..H identities, {faces_label(align)} (pairs-dev, I..K):")
-    print(f"{'setting':<16}{'epochs':>8}{'loss':>9}{'accuracy':>10}{'AUC':>8}{'vs current':>12}  overrides")
+    print(f"{'setting':<16}{'classes':>8}{'epochs':>8}{'loss':>9}{'accuracy':>10}{'AUC':>8}{'vs current':>12}  overrides")
     for r in rows:
         loss = f"{r['train_loss']:.3f}" if isinstance(r["train_loss"], (int, float)) else "-"
-        print(f"{r['name']:<16}{r['epochs']:>8}{loss:>9}{r['accuracy']:>10.4f}{r['auc']:>8.4f}"
+        print(f"{r['name']:<16}{r['classes']:>8}{r['epochs']:>8}{loss:>9}{r['accuracy']:>10.4f}{r['auc']:>8.4f}"
               f"{100 * (r['accuracy'] - base['accuracy']):>+11.2f}p  {r['overrides'] or ''}")
     return rows
 

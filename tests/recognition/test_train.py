@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -337,3 +338,28 @@ def test_bad_settings_name_the_key_and_what_is_allowed(sets, message, face_rec, 
     import re
 
     assert re.search(message, proc.stderr), proc.stderr
+
+
+def test_model_averaging_ships_the_average_and_resumes_it_exactly(face_rec, tiny_cfg, tmp_path):
+    """ema_decay: model.pt holds the averaged weights (not the last ones), and a run resumed from a
+    mid-run checkpoint ends with the same average as one that was never stopped."""
+    cfg = tiny_cfg(ema_decay=0.9, max_steps=6, checkpoint_every=3, deterministic=True, augment="flip_jitter")
+    train_recognition(cfg, face_rec, tmp_path / "straight")
+    shipped = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["state_dict"]
+    last = torch.load(latest_checkpoint(tmp_path / "straight") / "rank0.pt", weights_only=True)
+    assert int(last["average"]["n_averaged"]) == 6
+    for k, v in shipped.items():
+        assert torch.equal(v, last["average"][f"module.{k}"]), k
+    assert any(not torch.equal(shipped[k], last["backbone"][k]) for k in shipped if shipped[k].is_floating_point())
+
+    # the same run stopped after step 3: drop what came after, train again in the same folder
+    stopped = tmp_path / "stopped"
+    shutil.copytree(tmp_path / "straight", stopped)
+    shutil.rmtree(latest_checkpoint(stopped))
+    (stopped / "model.pt").unlink()
+    assert latest_checkpoint(stopped).name == "step-000000003"
+    resumed = train_recognition(cfg, face_rec, stopped)
+    assert resumed["resumed_from_step"] == 3
+    again = torch.load(stopped / "model.pt", weights_only=True)["state_dict"]
+    for k in shipped:
+        assert torch.equal(again[k], shipped[k]), k

@@ -93,3 +93,19 @@ def test_a_failed_upload_is_raised_by_the_next_save_or_close(tmp_path, s3_env):
     with pytest.raises(StorageError, match=r"uploading a checkpoint to s3://no-such-bucket/ckpt failed"):
         ckpts.close()
     assert (tmp_path / "checkpoints" / "step-000000001" / "COMPLETE").exists()
+
+
+def test_a_session_saves_the_last_step_and_a_failing_run_raises_its_own_error_not_the_uploads(tmp_path, s3_env):
+    layer, closed = torch.nn.Linear(2, 1), []
+    progress = SimpleNamespace(close=lambda: closed.append(True))
+    ckpts = Checkpoints(tmp_path / "ok", _ctx(), {}, ())
+    with ckpts.session({"layer": layer}, TrainState(step=3), progress):
+        pass  # the loop ended between checkpoints: the session saves the last step
+    assert ckpts.saved_step == 3 and (tmp_path / "ok" / "checkpoints" / "step-000000003" / "COMPLETE").exists()
+
+    failing = Checkpoints(tmp_path / "bad", _ctx(), {}, (), uri="s3://no-such-bucket/ckpt")
+    with pytest.raises(RuntimeError, match="the run's own error"):
+        with failing.session({"layer": layer}, TrainState(step=1), progress):
+            _save(failing, layer, 1)  # its upload fails in the background
+            raise RuntimeError("the run's own error")
+    assert closed == [True, True]

@@ -139,18 +139,10 @@ def _train(cfg: DetectionTrainConfig, data_dir: Path, out_dir: Path, logger, ctx
                   lambda: checkpoints.save(stateful, state))
     budget.start = time.perf_counter()  # the budget is for training, not for loading
     train_model.train()
-    try:
+    with checkpoints.session(stateful, state, log.progress):
         if state.step < total_steps:
             train_steps(state, loader, forward, optimizer, scheduler, scaler, list(model.parameters()), cfg.clip_grad,
                         log, checkpoints, " or check the labels")
-        if checkpoints.saved_step != state.step:
-            checkpoints.save(stateful, state)
-    except BaseException:
-        checkpoints.close(raise_errors=False)
-        raise
-    finally:
-        log.progress.close()
-    checkpoints.close()
     elapsed = time.perf_counter() - budget.start
     history = state.history
     metrics = {"train.steps": state.step, "resumed_from_step": first_step, "total_steps": total_steps, "train.finished": state.step >= total_steps,

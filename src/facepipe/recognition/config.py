@@ -76,6 +76,9 @@ class RecognitionTrainConfig:
     batch_size: int = bounded(128, low=2, high=65536, help="per process")
     amp: bool = False
     clip_grad: float = bounded(5.0, low=0.0, help="max gradient norm (0: off)")
+    ema_decay: float = bounded(0.0, low=0.0, high=1.0, high_inclusive=False,
+                               help="model averaging: ship an exponential moving average of the backbone's "
+                                    "weights, updated every step with this decay (e.g. 0.999; 0: off)")
     deterministic: bool = False
     seed: int = 0
     # data

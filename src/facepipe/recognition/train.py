@@ -22,6 +22,7 @@ from facepipe.config import to_dict
 from facepipe.errors import ConfigError, DataError
 from facepipe.recognition.config import RESUME_FREE_KEYS, RecognitionTrainConfig
 from facepipe.run_logger import NullLogger, RunLogger
+from facepipe.training.average import weight_average
 from facepipe.training.checkpoint import Checkpoints
 from facepipe.training.context import autocast, distributed, grad_scaler
 from facepipe.training.loop import StepLog, TrainState, train_steps
@@ -161,6 +162,9 @@ def _train(cfg, data_dir: Path, out_dir: Path, logger: RunLogger, ctx) -> dict:
     modules = {"backbone": backbone, "head": criterion.head, "center": criterion.center}
     modules = {name: m for name, m in modules.items() if m is not None}
     params = [p for m in modules.values() for p in m.parameters()]
+    # model averaging: the averaged copy is evaluated and shipped; it is checkpointed, not trained
+    average = weight_average(backbone, cfg.ema_decay) if cfg.ema_decay else None
+    shipped = average.module if average is not None else backbone
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
@@ -172,7 +176,8 @@ def _train(cfg, data_dir: Path, out_dir: Path, logger: RunLogger, ctx) -> dict:
     data = {"digest": content_digest(data_dir), "num_classes": records.num_classes, "images": len(records)}
     checkpoints, state = Checkpoints(out_dir, ctx, to_dict(cfg), RESUME_FREE_KEYS, data,
                                     cfg.checkpoint_uri), TrainState()
-    stateful = {**modules, "optimizer": optimizer, "scheduler": scheduler, **({"scaler": scaler} if scaler else {})}
+    stateful = {**modules, "optimizer": optimizer, "scheduler": scheduler, **({"scaler": scaler} if scaler else {}),
+                **({"average": average} if average is not None else {})}
     ckpt = checkpoints.resume(stateful)
     state = TrainState.from_dict(ckpt["state"]) if ckpt else state
     first_step = state.step  # 0, or where a resumed run picked up (reported: nothing before it is retrained)
@@ -198,13 +203,15 @@ def _train(cfg, data_dir: Path, out_dir: Path, logger: RunLogger, ctx) -> dict:
 
     def run_eval():
         if targets:
-            eval_metrics.update(evaluate(backbone, targets, device))  # fp32, as Recognizer users will see
+            eval_metrics.update(evaluate(shipped, targets, device))  # fp32, as Recognizer users will see
             logger.log_metrics(eval_metrics, step=state.step)
 
     log = StepLog(cfg, ctx, logger, "train-recognition", state, total_steps, steps_per_epoch, budget,
                   lambda: checkpoints.save(stateful, state))
 
     def on_step(st, metrics) -> bool:
+        if average is not None:
+            average.update_parameters(backbone)  # before log(): a checkpoint it saves holds this step's average
         go = log(st, metrics)
         if cfg.eval_every and st.step % cfg.eval_every == 0:
             run_eval()
@@ -213,7 +220,7 @@ def _train(cfg, data_dir: Path, out_dir: Path, logger: RunLogger, ctx) -> dict:
     budget.start = time.perf_counter()  # the budget is for training, not for loading
     for m in (model, *modules.values()):
         m.train()
-    try:
+    with checkpoints.session(stateful, state, log.progress):
         while state.step < total_steps and not budget.spent:
             sampler.set_epoch(state.epoch, state.batch_in_epoch)
             go = train_steps(state, loader, forward, optimizer, scheduler, scaler, params, cfg.clip_grad, on_step,
@@ -224,14 +231,6 @@ def _train(cfg, data_dir: Path, out_dir: Path, logger: RunLogger, ctx) -> dict:
                     run_eval()
             if not go:
                 break
-        if checkpoints.saved_step != state.step:
-            checkpoints.save(stateful, state)
-    except BaseException:
-        checkpoints.close(raise_errors=False)
-        raise
-    finally:
-        log.progress.close()
-    checkpoints.close()
     if not ctx.main:
         return {}
     if targets and not eval_metrics:
@@ -242,5 +241,5 @@ def _train(cfg, data_dir: Path, out_dir: Path, logger: RunLogger, ctx) -> dict:
                "total_steps": total_steps, **{f"train.{k}": last[k] for k in ("loss", "accuracy") if k in last},
                "train.samples_per_s": float(np.median(log.rates)) if log.rates else 0.0,
                "train.seconds": time.perf_counter() - budget.start, **eval_metrics}
-    return _write_outputs(cfg, out_dir, backbone, {"num_classes": records.num_classes}, state, metrics, targets,
+    return _write_outputs(cfg, out_dir, shipped, {"num_classes": records.num_classes}, state, metrics, targets,
                           device, logger)

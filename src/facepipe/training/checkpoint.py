@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -79,6 +80,22 @@ class Checkpoints:
         (`raise_errors=False`: its own error is the one to see)."""
         if self.mirror is not None:
             self.mirror.close(raise_errors)
+
+    @contextmanager
+    def session(self, stateful: dict, state, progress):
+        """Around a run's step loop: when the loop ends, the final state is saved (unless that step
+        already was) and the uploads are waited for; progress is closed either way. On an error the
+        uploads are still waited for, but the run's own error is the one raised."""
+        try:
+            yield
+            if self.saved_step != state.step:
+                self.save(stateful, state)
+        except BaseException:
+            self.close(raise_errors=False)
+            raise
+        finally:
+            progress.close()
+        self.close()
 
     def save(self, stateful: dict, state) -> Path:
         """Writes every object's state_dict, the TrainState and the RNG; all ranks call it together."""
