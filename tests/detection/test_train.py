@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import cv2
 import numpy as np
@@ -22,6 +21,8 @@ from facepipe.errors import ConfigError
 from facepipe.manifest import read_manifest
 from facepipe.run_logger import MemoryLogger
 from facepipe.training.checkpoint import latest_checkpoint
+
+from tests.training.resume import assert_same_weights, rewind_one_checkpoint
 
 from .conftest import TINY
 
@@ -114,15 +115,10 @@ def test_resume_gives_identical_weights(scenes, tmp_path):
     first = train_detection(cfg, scenes, resumed)
     assert first["train.steps"] == 6 and first["train.finished"] is True
     assert latest_checkpoint(resumed).name == "step-000000006"
-    shutil.rmtree(latest_checkpoint(resumed))
-    (resumed / "model.pt").unlink()
-    assert latest_checkpoint(resumed).name == "step-000000003"
+    assert rewind_one_checkpoint(resumed).name == "step-000000003"
     second = train_detection(cfg, scenes, resumed)
     assert second["train.steps"] == 6
-    a = torch.load(straight / "model.pt", weights_only=True)["state_dict"]
-    b = torch.load(resumed / "model.pt", weights_only=True)["state_dict"]
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(straight / "model.pt", resumed / "model.pt")
     # A resume with a changed training setting is refused, naming the key.
     with pytest.raises(ConfigError, match=r"lr: 0\.01 -> 0\.5.*keys that differ: \['lr'\]"):
         train_detection(from_dict(DetectionTrainConfig, TINY | {"max_steps": 6, "checkpoint_every": 3, "lr": 0.5}),

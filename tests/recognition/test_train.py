@@ -23,6 +23,7 @@ from facepipe.recognition.train import train_recognition
 from facepipe.training.checkpoint import latest_checkpoint
 from facepipe.run_logger import MemoryLogger
 from tests.recognition.conftest import TINY
+from tests.training.resume import assert_same_weights, rewind_one_checkpoint
 
 FACEPIPE = [sys.executable, "-m", "facepipe.cli"]
 
@@ -174,11 +175,7 @@ def test_killed_run_resumes_from_its_s3_checkpoint_to_the_same_weights_as_an_uni
     assert logged[0] == resumed["resumed_from_step"] + 1, "steps before the checkpoint were trained again"
     straight = train_recognition(from_dict(RecognitionTrainConfig, values), face_rec, tmp_path / "straight")
     assert resumed["steps"] == straight["steps"] == 30
-    a = torch.load(tmp_path / "new_pod" / "model.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["state_dict"]
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_weights(tmp_path / "new_pod" / "model.pt", tmp_path / "straight" / "model.pt")
     kept = [e.name for e in storage.ls(uri)]
     assert kept[-1] == "step-000000030/" and len(kept) <= 2, kept  # pruned to the last 2
 
@@ -355,11 +352,7 @@ def test_model_averaging_ships_the_average_and_resumes_it_exactly(face_rec, tiny
     # the same run stopped after step 3: drop what came after, train again in the same folder
     stopped = tmp_path / "stopped"
     shutil.copytree(tmp_path / "straight", stopped)
-    shutil.rmtree(latest_checkpoint(stopped))
-    (stopped / "model.pt").unlink()
-    assert latest_checkpoint(stopped).name == "step-000000003"
+    assert rewind_one_checkpoint(stopped).name == "step-000000003"
     resumed = train_recognition(cfg, face_rec, stopped)
     assert resumed["resumed_from_step"] == 3
-    again = torch.load(stopped / "model.pt", weights_only=True)["state_dict"]
-    for k in shipped:
-        assert torch.equal(again[k], shipped[k]), k
+    assert_same_weights(tmp_path / "straight" / "model.pt", stopped / "model.pt")
